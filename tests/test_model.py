@@ -1,0 +1,264 @@
+"""model/: every seed component at the article's shapes, determinism, gradients, guidance."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import (
+    AudioVAE, FinalLayer, JointDenoisingTransformer, TextEmbedding, TimestepEmbedding, TransformerBlock, VideoVAE,
+    base_denoiser_loss, from_params, make_noise_scheduler, sample_latents, upsampler_loss,
+)
+from model.denoiser import PatchTransformer
+
+
+def random_context(batch: int, tokens: int, dim: int = 384, seed: int = 0, valid: int | None = None) -> TextEmbedding:
+    g = torch.Generator().manual_seed(seed)
+    states = torch.randn(batch, tokens, dim, generator=g)
+    mask = torch.zeros(batch, tokens, dtype=torch.bool)
+    mask[:, : valid or tokens] = True
+    return TextEmbedding(states.mean(1), states, mask)
+
+
+def base_inputs(cfg, batch: int = 1, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    video = torch.randn(batch, *cfg.base.video_latent_shape, generator=g)
+    audio = torch.randn(batch, *cfg.base.audio_latent_shape, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    return video, audio, t, random_context(batch, cfg.base.max_text_tokens, seed=seed, valid=5)
+
+
+def test_article_latent_shapes(article_params):
+    cfg = from_params(article_params)
+    assert cfg.base.video_latent_shape == (4, 8, 4, 4)
+    assert cfg.upsampler.video_latent_shape == (4, 8, 8, 8)
+    assert cfg.upsampler.low_res_latent_shape == (4, 8, 4, 4)
+    assert cfg.base.audio_latent_shape == (8, 16)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_video_vae_round_trip_shapes(article_params, size):
+    cfg = from_params(article_params)
+    vae = VideoVAE(cfg.video_vae).eval().requires_grad_(False)
+    video = torch.rand(1, 3, 16, size, size)
+    z = vae.encode(video)
+    assert z.shape == (1, 4, 8, size // 8, size // 8)
+    out = vae.decode(z)
+    assert out.shape == video.shape
+    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    assert vae.encode_image(video[:, :, 0]).shape == (1, 4, size // 8, size // 8)
+
+
+def test_video_vae_posterior_sample_vs_mode(tiny_params):
+    vae = VideoVAE(from_params(tiny_params).video_vae).eval()
+    video = torch.rand(2, 3, 16, 32, 32)
+    assert torch.equal(vae.encode(video), vae.encode(video))  # mode is deterministic
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    assert not torch.equal(vae.encode(video, sample=True, generator=g1), vae.encode(video, sample=True, generator=g2))
+    assert float(vae.encode_dist(video).kl()) >= 0.0
+
+
+def test_scaling_factor_is_saved_with_the_weights(tiny_params):
+    vae = VideoVAE(from_params(tiny_params).video_vae)
+    latents = torch.randn(64, 4, 8, 16, 16) * 3.0
+    factor = vae.set_scaling_factor(latents)
+    assert factor == pytest.approx(1 / 3.0, rel=0.05)
+    state = vae.state_dict()
+    assert "scaling_factor" in state
+    fresh = VideoVAE(from_params(tiny_params).video_vae)
+    fresh.load_state_dict(state)
+    assert float(fresh.scaling_factor) == pytest.approx(factor)
+    # encode scales, decode unscales: the same latent round-trips through both conventions
+    video = torch.rand(1, 3, 16, 32, 32)
+    assert torch.allclose(fresh.encode(video), fresh.encode_dist(video).mode() * factor)
+
+
+def test_audio_vae_shapes_and_range(article_params):
+    cfg = from_params(article_params)
+    vae = AudioVAE(cfg.audio_vae).eval()
+    t = torch.arange(32000) / 16000
+    wave = (0.8 * torch.sin(2 * torch.pi * 440 * t)).reshape(1, 1, -1)
+    assert vae.features(wave).shape == (1, 64, 64)
+    z = vae.encode(wave)
+    assert z.shape == (1, 8, 16)
+    out = vae.decode(z)
+    assert out.shape == (1, 1, 32000)
+    assert float(out.abs().max()) <= 1.0 + 1e-6
+    assert torch.equal(out, vae.decode(z))  # Griffin-Lim without random init: deterministic
+
+
+def test_audio_features_invert_to_the_right_pitch(tiny_params):
+    """The phase-free log-mel + Griffin-Lim path keeps pitch: 880 Hz comes back as 880 Hz."""
+    vae = AudioVAE(from_params(tiny_params).audio_vae)
+    t = torch.arange(32000) / 16000
+    wave = torch.sin(2 * torch.pi * 880 * t).reshape(1, 1, -1)
+    back = vae.features_to_waveform(vae.features(wave))[0, 0]
+    spectrum = torch.fft.rfft(back).abs()
+    peak_hz = float(spectrum.argmax()) * 16000 / back.numel()
+    assert abs(peak_hz - 880) < 40
+
+
+def test_timestep_embedding_shape():
+    emb = TimestepEmbedding(32)
+    assert emb(torch.tensor([0, 10, 999])).shape == (3, 128)
+
+
+def test_transformer_block_starts_as_identity():
+    block = TransformerBlock(32, 4)
+    x, c = torch.randn(2, 10, 32), torch.randn(2, 32)
+    assert torch.equal(block(x, c), x)
+    final = FinalLayer(32, 12)
+    assert torch.count_nonzero(final(x, c)) == 0
+
+
+@pytest.mark.parametrize("fixture", ["article_params", "tiny_params"])
+def test_denoisers_output_input_shapes(fixture, request):
+    cfg = from_params(request.getfixturevalue(fixture))
+    base = JointDenoisingTransformer(cfg.base).eval()
+    video, audio, t, ctx = base_inputs(cfg, batch=2)
+    pred_v, pred_a = base(video, audio, t, ctx)
+    assert pred_v.shape == video.shape and pred_a is not None and pred_a.shape == audio.shape
+
+    up = JointDenoisingTransformer(cfg.upsampler).eval()
+    hr = torch.randn(2, *cfg.upsampler.video_latent_shape)
+    pred_up, none = up(hr, None, t, ctx, low_res_video=video, low_res_noise_level=torch.tensor([0, 100]))
+    assert pred_up.shape == hr.shape and none is None
+
+
+def test_eval_forward_is_deterministic_and_positions_are_fixed(tiny_params):
+    cfg = from_params(tiny_params)
+    torch.manual_seed(0)
+    model = JointDenoisingTransformer(cfg.base).eval()
+    with torch.no_grad():  # move off the zero init so outputs depend on every input
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    video, audio, t, ctx = base_inputs(cfg)
+    out1 = model(video, audio, t, ctx)
+    out2 = model(video, audio, t, ctx)
+    assert torch.equal(out1[0], out2[0]) and torch.equal(out1[1], out2[1])
+    # positions are derived from the config: two fresh models agree exactly, and they are not parameters
+    other = JointDenoisingTransformer(cfg.base)
+    assert torch.equal(model.patch_transformer.pos_embed, other.patch_transformer.pos_embed)
+    assert "patch_transformer.pos_embed" not in model.state_dict()
+
+
+def test_wrong_token_count_is_an_error_not_random_positions(tiny_params):
+    cfg = from_params(tiny_params)
+    pt = PatchTransformer(cfg.base)
+    n = pt.pos_embed.shape[1]
+    with pytest.raises(ValueError, match="does not match"):
+        pt(torch.randn(1, n + 3, cfg.base.dim), torch.randn(1, cfg.base.dim))
+
+
+def _perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+def test_gradients_reach_every_trainable_parameter(tiny_params):
+    cfg = from_params(tiny_params, image_feature_dim=16)
+    scheduler = make_noise_scheduler()
+    g = torch.Generator().manual_seed(0)
+    b = 8  # with dropout 0.5, some rows keep their condition and some take the null one
+    image_latent = torch.randn(b, *cfg.base.image_latent_shape, generator=g)
+    has_image = torch.tensor([True] * 6 + [False] * 2)
+    image_features = torch.randn(b, 16, generator=g)
+    ctx = random_context(b, cfg.base.max_text_tokens, valid=5)
+    # adaLN-Zero starts every gate at 0, which blocks gradients to the blocks' inner weights;
+    # a small perturbation stands in for "after a few optimiser steps".
+    base = _perturbed(JointDenoisingTransformer(cfg.base))
+    loss = base_denoiser_loss(
+        base, scheduler, torch.randn(b, *cfg.base.video_latent_shape, generator=g),
+        torch.randn(b, *cfg.base.audio_latent_shape, generator=g), ctx, cond_dropout=0.5, generator=g,
+        image_latent=image_latent, has_image=has_image, image_features=image_features,
+    )
+    loss.total.backward()
+    missing = [n for n, p in base.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing, f"no gradient reached: {missing}"
+
+    up = _perturbed(JointDenoisingTransformer(cfg.upsampler))
+    up_image = torch.randn(b, *cfg.upsampler.image_latent_shape, generator=g)
+    up_loss = upsampler_loss(
+        up, scheduler, torch.randn(b, *cfg.upsampler.video_latent_shape, generator=g),
+        torch.randn(b, *cfg.base.video_latent_shape, generator=g), ctx, max_noise_aug=250, cond_dropout=0.5,
+        generator=g, image_latent=up_image, has_image=has_image, image_features=image_features,
+    )
+    up_loss.backward()
+    missing = [n for n, p in up.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing, f"no gradient reached: {missing}"
+
+
+def test_frozen_vaes_stay_bit_identical_through_a_denoiser_step(tiny_params):
+    cfg = from_params(tiny_params)
+    vae = VideoVAE(cfg.video_vae).requires_grad_(False).eval()
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    base = JointDenoisingTransformer(cfg.base)
+    opt = torch.optim.AdamW(base.parameters(), lr=1e-3)
+    video = torch.rand(2, 3, 16, 32, 32)
+    latent = vae.encode(video)
+    loss = base_denoiser_loss(base, make_noise_scheduler(), latent, torch.randn(2, *cfg.base.audio_latent_shape),
+                              random_context(2, cfg.base.max_text_tokens))
+    loss.total.backward()
+    opt.step()
+    assert all(p.grad is None for p in vae.parameters())
+    assert all(torch.equal(before[k], v) for k, v in vae.state_dict().items())
+
+
+def test_image_tokens_are_masked_for_items_without_an_image(tiny_params):
+    cfg = from_params(tiny_params)
+    model = _perturbed(JointDenoisingTransformer(cfg.base)).eval()
+    video, audio, t, ctx = base_inputs(cfg)
+    image = torch.randn(1, *cfg.base.image_latent_shape)
+    no_image = model(video, audio, t, ctx)[0]
+    masked = model(video, audio, t, ctx, image_latent=image, has_image=torch.tensor([False]))[0]
+    used = model(video, audio, t, ctx, image_latent=image, has_image=torch.tensor([True]))[0]
+    assert torch.allclose(no_image, masked, atol=1e-6)
+    assert not torch.allclose(no_image, used, atol=1e-4)
+
+
+def test_classifier_free_guidance(tiny_params):
+    cfg = from_params(tiny_params)
+    model = _perturbed(JointDenoisingTransformer(cfg.base)).eval()
+    video, audio, t, ctx = base_inputs(cfg, batch=2)
+    cond_v, cond_a = model(video, audio, t, ctx)
+    null_v, null_a = model(video, audio, t, ctx, drop_condition=torch.ones(2, dtype=torch.bool))
+    assert not torch.allclose(cond_v, null_v, atol=1e-4)
+    g1_v, g1_a = model.forward_with_cfg(video, audio, t, ctx, guidance=1.0)
+    assert torch.equal(g1_v, cond_v) and torch.equal(g1_a, cond_a)
+    g4_v, g4_a = model.forward_with_cfg(video, audio, t, ctx, guidance=4.0)
+    assert torch.allclose(g4_v, null_v + 4.0 * (cond_v - null_v), atol=1e-5)
+    assert torch.allclose(g4_a, null_a + 4.0 * (cond_a - null_a), atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm"])
+def test_sampler_shapes_and_seed_determinism(tiny_params, sampler):
+    cfg = from_params(tiny_params)
+    scheduler = make_noise_scheduler()
+    base = _perturbed(JointDenoisingTransformer(cfg.base)).eval()
+    up = _perturbed(JointDenoisingTransformer(cfg.upsampler)).eval()
+    ctx = random_context(2, cfg.base.max_text_tokens, valid=4)
+
+    def run(seed: int):
+        g = torch.Generator().manual_seed(seed)
+        v, a = sample_latents(base, scheduler, ctx, sampler=sampler, steps=4, guidance=3.0, generator=g)
+        hr, _ = sample_latents(up, scheduler, ctx, sampler=sampler, steps=4, guidance=3.0, generator=g, low_res_video=v)
+        return v, a, hr
+
+    v, a, hr = run(0)
+    assert v.shape == (2, *cfg.base.video_latent_shape) and a is not None and a.shape == (2, *cfg.base.audio_latent_shape)
+    assert hr.shape == (2, *cfg.upsampler.video_latent_shape)
+    assert torch.isfinite(v).all() and torch.isfinite(a).all() and torch.isfinite(hr).all()
+    v2, a2, hr2 = run(0)
+    assert torch.equal(v, v2) and torch.equal(a, a2) and torch.equal(hr, hr2)
+    v3, _, _ = run(1)
+    assert not torch.equal(v, v3)
+
+
+def test_upsampler_requires_its_low_res_input(tiny_params):
+    cfg = from_params(tiny_params)
+    up = JointDenoisingTransformer(cfg.upsampler)
+    hr = torch.randn(1, *cfg.upsampler.video_latent_shape)
+    with pytest.raises(ValueError, match="low_res_video"):
+        up(hr, None, torch.tensor([5]), random_context(1, cfg.base.max_text_tokens))
