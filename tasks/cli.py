@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 # name -> (module under tasks/, one-line help). Each module offers add_arguments(parser) and run(args).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("synth", "write the built-in synthetic dataset: mp4 clips with sound + annotations.json"),
+    "prepare": ("prepare", "clips + annotations -> t2v/i2v pairs and the tensor cache (with a report of skipped files)"),
     "smoke": ("smoke", "run a few optimisation steps of every model on random tensors (checks an install)"),
 }
 
 EPILOG = """\
 examples:
+  tinyveo synth --out data/raw --num-clips 600
+  tinyveo prepare --source data/raw --annotations data/raw/annotations.json --out data
   tinyveo smoke                      # check the install: every model's loss goes down
   tinyveo smoke --set denoiser.base.depth=2 --steps 10
 
@@ -38,25 +42,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return 2
+def run_guarded(command: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a subcommand; user errors become one line on stderr (naming the file and the reason), exit 2."""
     from model.conditioning import MissingCheckpointError
 
     from .params import ParamsError
     from .runtime import UserError
 
     try:
-        return int(importlib.import_module(f"tasks.{args._module}").run(args) or 0)
+        return int(run(args) or 0)
     except (ParamsError, UserError, MissingCheckpointError) as exc:
-        print(f"tinyveo {args.command}: error: {exc}", file=sys.stderr)
+        print(f"tinyveo {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"tinyveo {args.command}: interrupted", file=sys.stderr)
+        print(f"tinyveo {command}: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    return run_guarded(args.command, importlib.import_module(f"tasks.{args._module}").run, args)
 
 
 if __name__ == "__main__":

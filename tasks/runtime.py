@@ -26,3 +26,31 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+class LazyPrefectTask:
+    """A thin Prefect @task around a plain function, built on first use.
+
+    Importing prefect costs seconds; building the task lazily keeps `tinyveo --help` and plain
+    function calls (tests, `python -m tasks.<step>`) free of it. Flows call it like the task itself:
+    `ingest_task(...)`, `ingest_task.submit(...)`, `ingest_task.map(...)`.
+    """
+
+    def __init__(self, fn, **options):
+        self.fn = fn
+        self.options = options
+        self._task = None
+
+    @property
+    def task(self):
+        if self._task is None:
+            from prefect import task
+
+            self._task = task(self.fn, **self.options)
+        return self._task
+
+    def __call__(self, *args, **kwargs):
+        return self.task(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.task, name)

@@ -1,0 +1,174 @@
+"""`tinyveo prepare`: clips + annotations -> the article's pairs and the tensor cache.
+
+Steps, each its own task module: ingest -> probe/filter -> audio extraction -> pair
+reorganization -> tensor caching -> report. One bad clip never stops the run: it is skipped and
+listed with its reason in DATA_DIR/prepare_report.json. Per-clip work runs in a process pool.
+
+    tinyveo prepare --source data/raw --annotations data/raw/annotations.json --out data
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .runtime import LazyPrefectTask
+
+
+@dataclass
+class PrepareReport:
+    kept: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    empty_captions: int = 0
+    cache_computed: int = 0
+    cache_reused: int = 0
+
+    def summary(self) -> str:
+        padded = sum(k["padded"] for k in self.kept)
+        silent = sum(not k["has_audio"] for k in self.kept)
+        return (f"prepared {len(self.kept)} clips ({self.cache_computed} cached now, {self.cache_reused} reused; "
+                f"{padded} padded, {silent} without audio, {self.empty_captions} empty captions), "
+                f"skipped {len(self.skipped)}")
+
+
+def _parallel_map(fn: Callable, jobs: list, workers: int, desc: str, progress: bool) -> list:
+    from tqdm import tqdm
+
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            return list(tqdm(pool.map(fn, *zip(*jobs), chunksize=2), total=len(jobs), desc=desc, unit="clip",
+                             disable=not progress))
+    return [fn(*j) for j in tqdm(jobs, desc=desc, unit="clip", disable=not progress)]
+
+
+def _extract(video: str, wav: str, sample_rate: int, has_audio: bool, duration: float) -> str | None:
+    from .extract_audio import extract_audio
+
+    if Path(wav).exists():
+        return None  # content-addressed: the same clip was extracted before
+    try:
+        extract_audio(video, wav, sample_rate, has_audio, duration)
+        return None
+    except Exception as exc:  # reported per clip, never fatal for the run
+        return f"audio extraction failed ({type(exc).__name__}: {exc})"
+
+
+def prepare(source: str | Path, annotations: str | Path, out: str | Path, params: dict[str, Any],
+            workers: int | None = None, progress: bool = True) -> PrepareReport:
+    from .cache import CacheItem, CacheSettings, write_cache
+    from .ingest import ingest
+    from .media import atomic_path, file_sha256
+    from .probe import probe_clip
+    from .reorganize import PairInput, reorganize
+
+    c = params["cache"]
+    workers = int(c["workers"]) if workers is None else workers
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = PrepareReport()
+
+    ingested = ingest(source, annotations)
+    report.empty_captions = ingested.empty_captions
+    report.skipped += [{"source": s.source, "record": s.index, "reason": s.reason} for s in ingested.skipped]
+
+    probes = _parallel_map(probe_clip, [(str(r.video_path), float(c["min_duration_s"])) for r in ingested.records],
+                           workers, "probe", progress)
+    first_by_hash: dict[str, str] = {}
+    accepted = []
+    for rec, info in zip(ingested.records, probes):
+        if not info.ok:
+            report.skipped.append({"source": rec.rel_path, "record": rec.index, "reason": info.reason})
+        elif info.content_hash in first_by_hash:
+            report.skipped.append({"source": rec.rel_path, "record": rec.index,
+                                   "reason": f"duplicate of {first_by_hash[info.content_hash]}"})
+        elif not info.has_audio and bool(c["skip_no_audio"]):
+            report.skipped.append({"source": rec.rel_path, "record": rec.index, "reason": "no audio stream"})
+        else:
+            first_by_hash[info.content_hash] = rec.rel_path
+            accepted.append((rec, info))
+
+    audio_dir = out / "audio"
+    audio_dir.mkdir(exist_ok=True)
+    sample_rate = int(c["sample_rate"])
+    wavs = [audio_dir / f"{info.content_hash[:24]}.wav" for _, info in accepted]
+    errors = _parallel_map(_extract, [(str(r.video_path), str(w), sample_rate, i.has_audio, i.duration)
+                                      for (r, i), w in zip(accepted, wavs)], workers, "audio", progress)
+    extracted = []
+    for (rec, info), wav, error in zip(accepted, wavs, errors):
+        if error:
+            report.skipped.append({"source": rec.rel_path, "record": rec.index, "reason": error})
+        else:
+            extracted.append((rec, info, wav))
+
+    pairs = reorganize([PairInput(str(r.index), r.video_path, w, r.caption, r.image_path) for r, _, w in extracted], out)
+
+    items = []
+    for (rec, info, _), pair in zip(extracted, pairs):
+        items.append(CacheItem(
+            id=f"{pair.modality}_{pair.video.stem.split('_')[-1]}", modality=pair.modality, caption=rec.caption,
+            source=rec.rel_path, content_hash=info.content_hash, has_audio=info.has_audio,
+            duration=round(info.duration, 4), fps=round(info.fps, 4), video=str(pair.video), wav=str(pair.wav),
+            image=str(pair.image) if pair.image else None,
+            image_hash=file_sha256(pair.image) if pair.image else None, split=rec.split,
+            attributes=json.dumps(rec.attributes, sort_keys=True) if rec.attributes else None,
+        ))
+    result = write_cache(items, out / "cache", CacheSettings.from_params(params), workers, progress)
+    report.cache_computed, report.cache_reused = result.computed, result.reused
+    failed = {s for s, _ in result.failed}
+    report.skipped += [{"source": s, "record": None, "reason": r} for s, r in result.failed]
+
+    import pandas as pd
+
+    manifest = pd.read_parquet(result.manifest)
+    padded = dict(zip(manifest["source"], manifest["padded"]))
+    for item in items:
+        if item.source in failed:
+            continue
+        report.kept.append({"id": item.id, "source": item.source, "modality": item.modality, "has_audio": item.has_audio,
+                            "duration": item.duration, "fps": item.fps, "padded": bool(padded.get(item.source, False)),
+                            "split": item.split, "content_hash": item.content_hash})
+    with atomic_path(out / "prepare_report.json") as tmp:
+        tmp.write_text(json.dumps({"summary": report.summary(), "kept": report.kept, "skipped": report.skipped},
+                                  indent=1) + "\n", encoding="utf-8")
+    return report
+
+
+prepare_task = LazyPrefectTask(prepare, name="prepare")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", required=True, help="folder holding the clips (every annotation path must be inside)")
+    parser.add_argument("--annotations", required=True, help="JSON list or JSONL with video_path + summary per record")
+    parser.add_argument("--out", required=True, help="data folder: dataset/t2v_pairs, dataset/i2v_pairs, cache/, report")
+    parser.add_argument("--workers", type=int, default=None, help="parallel processes (default: cache.workers)")
+    parser.add_argument("--params", default=None, help="params file (default: the repository's params.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter (repeatable)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .params import load_params
+
+    params = load_params(args.params, args.overrides)
+    report = prepare(args.source, args.annotations, args.out, params, args.workers)
+    for s in report.skipped:
+        print(f"skipped {s['source']}: {s['reason']}")
+    print(report.summary())
+    print(f"report: {Path(args.out) / 'prepare_report.json'}")
+    return 0 if report.kept else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks.prepare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    from .cli import run_guarded
+
+    return run_guarded("prepare", run, parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

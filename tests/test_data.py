@@ -1,0 +1,326 @@
+"""Data pipeline: synth, detectors, ingest safety, probe/filter, audio extraction, pairs, tensor
+cache and MultiModalDataset, on real media files (ffmpeg from imageio-ffmpeg, no network)."""
+from __future__ import annotations
+
+import builtins
+import io
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.cache import CacheSettings, write_cache
+from tasks.detect import detect_clip
+from tasks.ingest import AnnotationError, ingest, read_annotations
+from tasks.media import decode_video, read_wav
+from tasks.prepare import prepare
+from tasks.synth import synth
+
+
+def ffmpeg(*args: str) -> None:
+    import imageio_ffmpeg
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", *args], check=True, timeout=120)
+
+
+def lavfi_clip(path: Path, duration: float = 2.5, audio: str | None = "sine=frequency=440", channels: int = 2,
+               extra: tuple[str, ...] = ()) -> Path:
+    args = ["-f", "lavfi", "-i", f"testsrc2=size=96x64:rate=25:duration={duration}"]
+    if audio:
+        args += ["-f", "lavfi", "-i", f"{audio}:duration={duration}:sample_rate=48000", "-ac", str(channels), "-c:a", "aac"]
+    else:
+        args += ["-an"]
+    args += ["-c:v", "libx264", "-pix_fmt", "yuv420p", *extra, str(path)]
+    ffmpeg(*args)
+    return path
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    synth(out, num_clips=48, seed=3, workers=2, progress=False)
+    return out
+
+
+def test_synth_is_deterministic(tmp_path):
+    a = synth(tmp_path / "a", num_clips=3, seed=7, workers=1, progress=False)
+    b = synth(tmp_path / "b", num_clips=3, seed=7, workers=1, progress=False)
+    c = synth(tmp_path / "c", num_clips=3, seed=8, workers=1, progress=False)
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != c.read_bytes()
+    for rec in json.loads(a.read_text()):
+        fa, ta = decode_video(tmp_path / "a" / rec["video_path"])
+        fb, tb = decode_video(tmp_path / "b" / rec["video_path"])
+        assert np.array_equal(fa, fb) and np.array_equal(ta, tb)
+
+
+def test_synth_records_follow_the_article_format(synth_dir):
+    records = json.loads((synth_dir / "annotations.json").read_text())
+    assert len(records) == 48
+    for r in records:
+        assert {"video_path", "summary", "attributes", "split"} <= set(r)
+        assert r["split"] in {"train", "holdout"}
+    assert any("image_path" in r for r in records)
+    frames, times = decode_video(synth_dir / records[0]["video_path"])
+    assert frames.shape[1:] == (128, 128, 3) and abs(times[-1] - 2.5) < 0.1
+
+
+def test_detectors_recover_attributes_from_decoded_mp4(synth_dir):
+    records = json.loads((synth_dir / "annotations.json").read_text())
+    correct = {k: 0 for k in ("color", "shape", "direction", "pitch")}
+    for r in records:
+        found = detect_clip(synth_dir / r["video_path"])
+        for k in correct:
+            correct[k] += found[k] == r["attributes"][k]
+    for k, n in correct.items():
+        assert n / len(records) >= 0.99, (k, n)
+
+
+# --- ingest -------------------------------------------------------------------------------------
+
+def _write_annotations(path: Path, records) -> Path:
+    path.write_text(json.dumps(records), encoding="utf-8")
+    return path
+
+
+def test_ingest_rejects_unsafe_paths_without_opening_them(tmp_path, monkeypatch):
+    source = tmp_path / "src"
+    (source / "clips").mkdir(parents=True)
+    (source / "clips" / "ok.mp4").write_bytes(b"x")
+    outside = tmp_path / "secret.mp4"
+    outside.write_bytes(b"secret")
+    os.symlink(outside, source / "clips" / "link.mp4")
+    records = [
+        {"video_path": "clips\\ok.mp4", "summary": "fine"},
+        {"video_path": "..\\..\\secret.mp4", "summary": "a"},
+        {"video_path": "../../secret.mp4", "summary": "b"},
+        {"video_path": str(outside), "summary": "c"},
+        {"video_path": "C:\\clips\\x.mp4", "summary": "d"},
+        {"video_path": "clips/link.mp4", "summary": "e"},
+        {"video_path": "clips/missing.mp4", "summary": "f"},
+        {"video_path": "clips/ok.mp4"},
+    ]
+    ann = _write_annotations(tmp_path / "ann.json", records)
+    opened: list[str] = []
+    real_open, real_io_open, real_os_open = builtins.open, io.open, os.open
+
+    def spy(file, *a, **k):
+        opened.append(str(file))
+        return real_open(file, *a, **k)
+
+    def spy_os(file, *a, **k):
+        opened.append(str(file))
+        return real_os_open(file, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", spy)
+    monkeypatch.setattr(io, "open", spy)
+    monkeypatch.setattr(os, "open", spy_os)
+    result = ingest(source, ann)
+    monkeypatch.setattr(builtins, "open", real_open)
+    monkeypatch.setattr(io, "open", real_io_open)
+    monkeypatch.setattr(os, "open", real_os_open)
+
+    assert [r.rel_path for r in result.records] == ["clips/ok.mp4", "clips/ok.mp4"]
+    assert result.empty_captions == 1
+    reasons = {s.source: s.reason for s in result.skipped}
+    assert "climbs out" in reasons["..\\..\\secret.mp4"] and "climbs out" in reasons["../../secret.mp4"]
+    assert "absolute" in reasons[str(outside)] and "absolute" in reasons["C:\\clips\\x.mp4"]
+    assert "outside" in reasons["clips/link.mp4"]
+    assert "not found" in reasons["clips/missing.mp4"]
+    assert not any("secret" in p or "missing" in p for p in opened), opened
+
+
+def test_malformed_and_non_utf8_annotations_name_the_file_and_place(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"video_path": "a.mp4",\n "summary": }]', encoding="utf-8")
+    with pytest.raises(AnnotationError, match=r"bad\.json: malformed JSON at line 2"):
+        read_annotations(bad)
+    jsonl = tmp_path / "bad.jsonl"
+    jsonl.write_text('{"video_path": "a.mp4"}\n{oops}\n', encoding="utf-8")
+    with pytest.raises(AnnotationError, match=r"bad\.jsonl: malformed JSON on line 2"):
+        read_annotations(jsonl)
+    latin = tmp_path / "latin.json"
+    latin.write_bytes('[{"video_path": "a.mp4", "summary": "caf\u00e9"}]'.encode("latin-1"))
+    with pytest.raises(AnnotationError, match=r"latin\.json: not UTF-8"):
+        read_annotations(latin)
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"video_path": "a.mp4", "summary": "x"}\n\n{"video_path": "b.mp4"}\n', encoding="utf-8")
+    assert len(read_annotations(good)) == 2
+
+
+# --- prepare on a messy folder ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory, synth_dir):
+    src = tmp_path_factory.mktemp("messy")
+    records = json.loads((synth_dir / "annotations.json").read_text())[:6]
+    for r in records:
+        for key in ("video_path", "image_path"):
+            if key in r:
+                (src / r[key]).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(synth_dir / r[key], src / r[key])
+    good = src / records[0]["video_path"]
+    (src / "bad").mkdir()
+    (src / "bad" / "truncated.mp4").write_bytes(good.read_bytes()[:4000])
+    (src / "bad" / "empty.mp4").write_bytes(b"")
+    (src / "bad" / "notes.mp4").write_text("this is not a video\n")
+    shutil.copy(good, src / "bad" / "duplicate.mp4")
+    lavfi_clip(src / "surround.mp4", channels=6)
+    lavfi_clip(src / "silent.mp4", audio=None)
+    lavfi_clip(src / "short.mp4", duration=1.2)
+    lavfi_clip(src / "vfr.mp4", extra=("-vf", "select='lt(n\\,10)+not(mod(n\\,3))'", "-fps_mode", "vfr"))
+    lavfi_clip(src / "clip.avi", extra=("-c:v", "mpeg4"))
+    extra = ["bad/truncated.mp4", "bad/empty.mp4", "bad/notes.mp4", "bad/duplicate.mp4", "surround.mp4",
+             "silent.mp4", "short.mp4", "vfr.mp4", "clip.avi"]
+    all_records = records + [{"video_path": p.replace("/", "\\"), "summary": f"clip {p}"} for p in extra]
+    ann = _write_annotations(src / "annotations.json", all_records)
+    return src, ann
+
+
+@pytest.fixture(scope="module")
+def prepared(messy, tmp_path_factory):
+    from tasks.params import load_params
+
+    src, ann = messy
+    out = tmp_path_factory.mktemp("prepared")
+    report = prepare(src, ann, out, load_params(), workers=2, progress=False)
+    return out, report
+
+
+def test_prepare_skips_bad_files_with_reasons_and_keeps_good_ones(prepared):
+    out, report = prepared
+    skipped = {s["source"]: s["reason"] for s in report.skipped}
+    # paths were written with Windows separators; the report normalises them to '/'
+    assert set(skipped) == {"bad/truncated.mp4", "bad/empty.mp4", "bad/notes.mp4", "bad/duplicate.mp4"}
+    assert skipped["bad/empty.mp4"] == "empty file"
+    assert "not" in skipped["bad/notes.mp4"] and "not" in skipped["bad/truncated.mp4"]
+    assert skipped["bad/duplicate.mp4"].startswith("duplicate of clips/")
+    kept = {k["source"]: k for k in report.kept}
+    assert len(kept) == 6 + 5
+    assert kept["silent.mp4"]["has_audio"] is False
+    assert kept["short.mp4"]["padded"] is True
+    assert kept["vfr.mp4"]["padded"] is False
+    saved = json.loads((out / "prepare_report.json").read_text())
+    assert len(saved["kept"]) == 11 and len(saved["skipped"]) == 4 and "skipped 4" in saved["summary"]
+
+
+def test_pairs_follow_the_article_layout(prepared):
+    out, report = prepared
+    t2v, i2v = out / "dataset" / "t2v_pairs", out / "dataset" / "i2v_pairs"
+    n_i2v = sum(k["modality"] == "i2v" for k in report.kept)
+    n_t2v = len(report.kept) - n_i2v
+    assert sorted(p.name for p in t2v.glob("video_*.mp4")) == sorted(f"video_{i}.mp4" for i in range(1, n_t2v + 1))
+    for i in range(1, n_t2v + 1):
+        assert (t2v / f"video_{i}.wav").exists() and (t2v / f"video_{i}.txt").read_text().strip()
+    for i in range(1, n_i2v + 1):
+        assert (i2v / f"image_{i}.jpg").exists() and (i2v / f"video_{i}.wav").exists()
+
+
+def test_audio_is_16k_mono_and_surround_is_downmixed(prepared):
+    out, report = prepared
+    kept = {k["source"]: k for k in report.kept}
+    wav = out / "audio" / f"{kept['surround.mp4']['content_hash'][:24]}.wav"
+    import soundfile as sf
+
+    info = sf.info(str(wav))
+    assert info.samplerate == 16000 and info.channels == 1
+    audio, _ = read_wav(wav)
+    spectrum = np.abs(np.fft.rfft(audio))
+    assert abs(np.argmax(spectrum) * 16000 / len(audio) - 440) < 10
+    silent, _ = read_wav(out / "audio" / f"{kept['silent.mp4']['content_hash'][:24]}.wav")
+    assert len(silent) > 0 and not np.any(silent)
+
+
+def test_dataset_reads_the_cache_with_worker_processes(prepared):
+    from torch.utils.data import DataLoader
+
+    from tasks.dataset import MultiModalDataset
+
+    out, report = prepared
+    ds = MultiModalDataset(out / "cache")
+    assert len(ds) == len(report.kept)
+    item = ds[0]
+    assert item["video_base"].shape == (3, 16, 32, 32) and item["video_upsampled"].shape == (3, 16, 64, 64)
+    assert item["audio"].shape == (1, 32000) and item["input_image_base"].shape == (3, 32, 32)
+    assert 0 <= float(item["video_base"].min()) and float(item["video_base"].max()) <= 1
+    assert float(item["audio"].abs().max()) == pytest.approx(1.0, abs=1e-3)  # peak-normalised
+    batch = next(iter(DataLoader(ds, batch_size=4, num_workers=2)))
+    assert batch["video_base"].shape == (4, 3, 16, 32, 32) and len(batch["raw_caption"]) == 4
+    i2v = [i for i in range(len(ds)) if ds[i]["modality"] == "i2v"]
+    assert i2v and float(ds[i2v[0]]["input_image_base"].max()) > 0
+
+
+def test_rerun_does_no_work_and_a_changed_clip_redoes_only_itself(messy, prepared):
+    from tasks.params import load_params
+
+    src, ann = messy
+    out, _ = prepared
+    manifest = out / "cache" / "manifest.parquet"
+    before = (manifest.stat().st_mtime_ns, sorted(p.name for p in (out / "cache").glob("shard-*")))
+    again = prepare(src, ann, out, load_params(), workers=1, progress=False)
+    assert again.cache_computed == 0 and again.cache_reused == 11
+    assert (manifest.stat().st_mtime_ns, sorted(p.name for p in (out / "cache").glob("shard-*"))) == before
+    lavfi_clip(src / "short.mp4", duration=1.5, audio="sine=frequency=880")  # the input changes
+    changed = prepare(src, ann, out, load_params(), workers=1, progress=False)
+    assert changed.cache_computed == 1 and changed.cache_reused == 10
+
+
+def test_crash_mid_cache_leaves_no_partial_shard_in_the_manifest(tmp_path, prepared, monkeypatch):
+    import pandas as pd
+    import safetensors.torch
+
+    from tasks.cache import CacheItem, MANIFEST
+
+    out, _ = prepared
+    cache = tmp_path / "cache"
+    shutil.copytree(out / "cache", cache)
+    old = pd.read_parquet(cache / MANIFEST)
+    rows = old.astype(object).where(old.notna(), None).to_dict("records")
+    items = [CacheItem(**{k: r[k] for k in CacheItem.__dataclass_fields__}) for r in rows]
+    fields = {k: rows[0][k] for k in CacheItem.__dataclass_fields__}
+    fields["content_hash"] = "0" * 64  # a new item: must be computed and written
+    fields["source"] = "new.mp4"
+
+    def crash(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_cache(items + [CacheItem(**fields)], cache, CacheSettings(), workers=1, progress=False)
+    after = pd.read_parquet(cache / MANIFEST)
+    assert after.equals(old)
+    assert all((cache / s).exists() for s in after["shard"])
+    assert not list(cache.glob(".*tmp")) and not any(p.read_bytes() == b"partial" for p in cache.iterdir())
+
+
+def test_video_and_audio_windows_agree(tmp_path):
+    """A white flash and a click both at t = 1.0 s land on the same instant in the cache."""
+    from moviepy import AudioArrayClip, VideoClip
+
+    from tasks.cache import frame_times, preprocess_audio, preprocess_video
+    from tasks.extract_audio import extract_audio
+
+    fps, rate, dur = 24, 44100, 2.5
+    frames = np.zeros((int(fps * dur), 64, 64, 3), np.uint8)
+    frames[24:27] = 255  # flash from t = 1.0 s for 3 frames
+    audio = np.zeros((int(rate * dur), 2), np.float32)
+    audio[rate : rate + 200] = 0.9  # click at t = 1.0 s
+    audio += 0.001 * np.random.default_rng(0).standard_normal(audio.shape).astype(np.float32)
+    clip = VideoClip(frame_function=lambda t: frames[min(int(t * fps + 1e-6), len(frames) - 1)], duration=dur)
+    clip = clip.with_fps(fps).with_audio(AudioArrayClip(audio, fps=rate))
+    path = tmp_path / "flash.mp4"
+    clip.write_videofile(str(path), fps=fps, codec="libx264", audio_codec="aac", logger=None,
+                         temp_audiofile_path=str(tmp_path))
+    wav = extract_audio(path, tmp_path / "flash.wav")
+    video = preprocess_video(path, 32, 32)
+    sound = preprocess_audio(wav)
+    flash_frame = int(video.mean(dim=(0, 2, 3)).argmax())
+    flash_t = frame_times(16, 2.0)[flash_frame]
+    click_t = int(sound[0].abs().argmax()) / 16000
+    assert abs(flash_t - 1.0) < 1 / 8 and abs(click_t - 1.0) < 1 / 8
+    assert abs(flash_t - click_t) <= 2.0 / 16  # within one cached frame period
