@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
-# The main job on the built-in dataset. Extra arguments go to `tinyveo smoke`.
+# The main job on the built-in dataset: `dvc repro` (synth -> prepare -> model smoke run).
+# Extra arguments go to `dvc repro` (e.g. --force).
 set -euo pipefail
-exec "$(dirname "${BASH_SOURCE[0]}")/env.sh" tinyveo smoke "$@"
+exec "$(dirname "${BASH_SOURCE[0]}")/env.sh" dvc repro "$@"

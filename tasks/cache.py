@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from concurrent.futures import ProcessPoolExecutor
+
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .runtime import LazyPrefectTask
+from .runtime import LazyPrefectTask, process_pool
 
 MANIFEST = "manifest.parquet"
 TENSOR_FIELDS = ("video_base", "video_upsampled", "audio", "image_base", "image_upsampled")
@@ -227,20 +227,16 @@ def write_cache(items: list[CacheItem], cache_dir: str | Path, settings: CacheSe
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = cache_dir / MANIFEST
+    old = pd.read_parquet(manifest_path) if manifest_path.exists() else None
     known: dict[str, tuple[str, int]] = {}
-    if manifest_path.exists():
-        old = pd.read_parquet(manifest_path)
-        for key, shard, offset in zip(old["key"], old["shard"], old["offset"]):
+    padded_flags: dict[str, bool] = {}
+    if old is not None:
+        for key, shard, offset, padded in zip(old["key"], old["shard"], old["offset"], old["padded"]):
             if (cache_dir / shard).exists():
                 known[key] = (shard, int(offset))
+                padded_flags[key] = bool(padded)
     keys = [it.key(settings) for it in items]
     todo = [(it, k) for it, k in zip(items, keys) if k not in known]
-    padded_flags: dict[str, bool] = {}
-    if not manifest_path.exists():
-        old = None
-    else:
-        old = pd.read_parquet(manifest_path)
-        padded_flags = dict(zip(old["key"], old["padded"]))
     failed: list[tuple[str, str]] = []
     done_keys: list[str] = []
     done_tensors: list[dict[str, np.ndarray]] = []
@@ -258,7 +254,7 @@ def write_cache(items: list[CacheItem], cache_dir: str | Path, settings: CacheSe
     bar = tqdm(total=len(jobs), desc="cache", unit="clip", disable=not progress or not jobs)
     results = []
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with process_pool(workers) as pool:
             for r in pool.map(_work, jobs, chunksize=4):
                 results.append(r)
                 bar.update()

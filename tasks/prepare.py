@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from concurrent.futures import ProcessPoolExecutor
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .runtime import LazyPrefectTask
+from .runtime import LazyPrefectTask, process_pool
 
 
 @dataclass
@@ -38,7 +38,7 @@ def _parallel_map(fn: Callable, jobs: list, workers: int, desc: str, progress: b
     from tqdm import tqdm
 
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with process_pool(workers) as pool:
             return list(tqdm(pool.map(fn, *zip(*jobs), chunksize=2), total=len(jobs), desc=desc, unit="clip",
                              disable=not progress))
     return [fn(*j) for j in tqdm(jobs, desc=desc, unit="clip", disable=not progress)]

@@ -54,3 +54,15 @@ class LazyPrefectTask:
 
     def __getattr__(self, name: str):
         return getattr(self.task, name)
+
+
+def process_pool(workers: int):
+    """A process pool that is safe after torch has run in the parent.
+
+    Forking a process whose OpenMP/intra-op thread pools are live can deadlock the child, so
+    workers are spawned fresh instead of forked.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))

@@ -14,14 +14,14 @@ import json
 import os
 import random
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .runtime import LazyPrefectTask
+from .runtime import LazyPrefectTask, process_pool
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
@@ -200,7 +200,7 @@ def synth(out_dir: str | Path, num_clips: int, seed: int, size: int = 128, fps: 
     specs = plan(num_clips, seed, i2v_fraction)
     args = [(s, str(out), size, fps, duration_s, sample_rate) for s in specs]
     if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with process_pool(workers) as pool:
             futures = [pool.submit(write_clip, *a) for a in args]
             records = [f.result() for f in tqdm(futures, desc="synth", unit="clip", disable=not progress)]
     else:

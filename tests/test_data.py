@@ -324,3 +324,17 @@ def test_video_and_audio_windows_agree(tmp_path):
     click_t = int(sound[0].abs().argmax()) / 16000
     assert abs(flash_t - 1.0) < 1 / 8 and abs(click_t - 1.0) < 1 / 8
     assert abs(flash_t - click_t) <= 2.0 / 16  # within one cached frame period
+
+
+def test_prepare_cli_bad_annotations_is_one_line_naming_the_file(tmp_path):
+    import sys
+
+    (tmp_path / "src").mkdir()
+    bad = tmp_path / "ann.json"
+    bad.write_text("[{,}]")
+    proc = subprocess.run([sys.executable, "-m", "tasks.cli", "prepare", "--source", str(tmp_path / "src"),
+                           "--annotations", str(bad), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and "malformed JSON" in lines[0]
