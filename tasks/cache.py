@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import Executor
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .runtime import LazyPrefectTask, process_pool
+from .runtime import LazyPrefectTask, map_clips
 
 MANIFEST = "manifest.parquet"
 TENSOR_FIELDS = ("video_base", "video_upsampled", "audio", "image_base", "image_upsampled")
@@ -72,22 +73,6 @@ class CacheItem:
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
-def _square_resize(frames: np.ndarray, size: int) -> np.ndarray:
-    """(T, H, W, 3) uint8 -> (T, size, size, 3) uint8: centre crop to square, then box/bilinear resize."""
-    import torch
-    import torch.nn.functional as F
-
-    t, h, w, _ = frames.shape
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    x = torch.from_numpy(frames[:, top:top + side, left:left + side].copy()).permute(0, 3, 1, 2).float()
-    if side >= size:
-        x = F.interpolate(x, size=(size, size), mode="area")
-    else:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
 def frame_times(num_frames: int, window_s: float, start_s: float = 0.0) -> np.ndarray:
     """The instants the cached frames show: evenly spread over [start, start + window)."""
     return start_s + np.arange(num_frames) * (window_s / num_frames)
@@ -108,11 +93,11 @@ def select_frames(frames: np.ndarray, times: np.ndarray, wanted: np.ndarray) -> 
 def preprocess_video_sizes(path: str | Path, sizes: tuple[int, ...], num_frames: int = 16, window_s: float = 2.0,
                            start_s: float = 0.0) -> tuple[dict[int, np.ndarray], bool]:
     """Decode once; {size: (F, size, size, 3) uint8} and whether padding was needed."""
-    from .media import decode_video
+    from .media import decode_video, resize_square
 
     frames, times = decode_video(path, max_seconds=start_s + window_s + 1.0)
     chosen, padded = select_frames(frames, times, frame_times(num_frames, window_s, start_s))
-    return {s: _square_resize(chosen, s) for s in sizes}, padded
+    return {s: resize_square(chosen, s) for s in sizes}, padded
 
 
 def preprocess_video(path: str | Path, target_height: int, target_width: int, num_frames: int = 16,
@@ -129,14 +114,10 @@ def preprocess_video(path: str | Path, target_height: int, target_width: int, nu
 def preprocess_audio_array(path: str | Path, sample_rate: int = 16000, window_s: float = 2.0,
                            start_s: float = 0.0) -> tuple[np.ndarray, bool]:
     """(N,) float32 mono in [-1, 1], peak-normalised, padded/trimmed to the window; and padded?"""
-    from .media import read_wav
+    from .media import read_wav, resample
 
     audio, rate = read_wav(path)
-    if rate != sample_rate:
-        import torch
-        import torchaudio.functional as AF
-
-        audio = AF.resample(torch.from_numpy(audio), rate, sample_rate).numpy()
+    audio = resample(audio, rate, sample_rate)
     n = int(round(window_s * sample_rate))
     first = int(round(start_s * sample_rate))
     clip = audio[first:first + n]
@@ -161,9 +142,11 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
     """(size, size, 3) uint8, centre-cropped to square."""
     from PIL import Image
 
+    from .media import resize_square
+
     with Image.open(path) as img:
         arr = np.asarray(img.convert("RGB"))
-    return _square_resize(arr[None], size)[0]
+    return resize_square(arr[None], size)[0]
 
 
 def item_tensors(item: CacheItem, settings: CacheSettings) -> tuple[dict[str, np.ndarray], bool]:
@@ -216,11 +199,10 @@ class CacheResult:
 
 
 def write_cache(items: list[CacheItem], cache_dir: str | Path, settings: CacheSettings, workers: int = 2,
-                progress: bool = True) -> CacheResult:
+                progress: bool = True, pool: Executor | None = None) -> CacheResult:
     """Bring the cache in line with `items`: compute only items whose key is new, then replace the
     manifest atomically and delete shards nothing refers to any more."""
     import pandas as pd
-    from tqdm import tqdm
 
     from .media import atomic_path
 
@@ -250,19 +232,7 @@ def write_cache(items: list[CacheItem], cache_dir: str | Path, settings: CacheSe
             done_keys.clear()
             done_tensors.clear()
 
-    jobs = [(it, settings) for it, _ in todo]
-    bar = tqdm(total=len(jobs), desc="cache", unit="clip", disable=not progress or not jobs)
-    results = []
-    if workers > 1 and len(jobs) > 1:
-        with process_pool(workers) as pool:
-            for r in pool.map(_work, jobs, chunksize=4):
-                results.append(r)
-                bar.update()
-    else:
-        for job in jobs:
-            results.append(_work(job))
-            bar.update()
-    bar.close()
+    results = map_clips(_work, [((it, settings),) for it, _ in todo], workers, "cache", progress, pool)
     for (it, key), (tensors, padded, error) in zip(todo, results):
         if tensors is None:
             failed.append((it.source, f"cache: {error}"))

@@ -14,7 +14,7 @@ def extract_audio(video_path: str | Path, wav_path: str | Path, sample_rate: int
     """Write `wav_path` (atomically) and return it."""
     import soundfile as sf
 
-    from .media import atomic_path
+    from .media import atomic_path, resample
 
     if has_audio:
         from moviepy import AudioFileClip
@@ -27,11 +27,7 @@ def extract_audio(video_path: str | Path, wav_path: str | Path, sample_rate: int
         finally:
             clip.close()
         mono = samples.mean(axis=1) if samples.ndim == 2 else samples
-        if native != sample_rate:
-            import torch
-            import torchaudio.functional as AF
-
-            mono = AF.resample(torch.from_numpy(np.ascontiguousarray(mono)), native, sample_rate).numpy()
+        mono = resample(mono, native, sample_rate)
     else:
         mono = np.zeros(int(round(duration * sample_rate)), dtype=np.float32)
     with atomic_path(wav_path) as tmp:

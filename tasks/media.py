@@ -16,15 +16,11 @@ class MediaError(Exception):
     """A media file cannot be used; the message says why."""
 
 
-def decode_video(path: str | Path, max_seconds: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """All frames as (T, H, W, 3) uint8 RGB and their presentation times (T,) in seconds.
-
-    Works for variable frame rate clips: times come from each frame's pts, not from an assumed rate.
-    Stops after `max_seconds` of video when given.
-    """
+def _decode(path: str | Path, max_seconds: float | None, to_rgb: bool) -> tuple[list, list[float], tuple[int, int]]:
     import av
 
     frames, times = [], []
+    size = (0, 0)
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -37,16 +33,34 @@ def decode_video(path: str | Path, max_seconds: float | None = None) -> tuple[np
                 t = float((frame.pts - start) * base) if frame.pts is not None else len(times) / float(stream.average_rate or 24)
                 if max_seconds is not None and t > max_seconds:
                     break
-                frames.append(frame.to_ndarray(format="rgb24"))
+                size = (frame.width, frame.height)
+                if to_rgb:
+                    frames.append(frame.to_ndarray(format="rgb24"))
                 times.append(t)
     except av.error.FFmpegError as exc:
-        if not frames:
+        if not times:
             raise MediaError(f"not a decodable video ({exc.__class__.__name__}: {exc})") from exc
         # A truncated file decodes up to the damage: keep what decoded.
-    if not frames:
+    if not times:
         raise MediaError("no decodable video frames")
+    return frames, times, size
+
+
+def decode_video(path: str | Path, max_seconds: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """All frames as (T, H, W, 3) uint8 RGB and their presentation times (T,) in seconds.
+
+    Works for variable frame rate clips: times come from each frame's pts, not from an assumed rate.
+    Stops after `max_seconds` of video when given.
+    """
+    frames, times, _ = _decode(path, max_seconds, to_rgb=True)
     order = np.argsort(np.asarray(times), kind="stable")
     return np.stack(frames)[order], np.asarray(times, dtype=np.float64)[order]
+
+
+def decode_check(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode every frame without converting it (the decode check of probing): sorted times, (W, H)."""
+    _, times, size = _decode(path, None, to_rgb=False)
+    return np.sort(np.asarray(times, dtype=np.float64)), size
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
@@ -55,6 +69,34 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
 
     data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     return data.mean(axis=1), int(rate)
+
+
+def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """Polyphase resampling (scipy): exact rational ratio, no torch import in worker processes."""
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    if rate == target:
+        return audio.astype(np.float32, copy=False)
+    g = gcd(rate, target)
+    return resample_poly(audio, target // g, rate // g).astype(np.float32)
+
+
+def resize_square(frames: np.ndarray, size: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, size, size, 3) uint8: centre crop to square, then a box filter
+    when shrinking (exact area average for integer factors) or bilinear when enlarging."""
+    from PIL import Image
+
+    _, h, w, _ = frames.shape
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    method = Image.Resampling.BOX if side >= size else Image.Resampling.BILINEAR
+    out = np.empty((len(frames), size, size, 3), np.uint8)
+    for i, frame in enumerate(frames):
+        crop = Image.fromarray(np.ascontiguousarray(frame[top:top + side, left:left + side]))
+        out[i] = np.asarray(crop.resize((size, size), method))
+    return out
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from .runtime import LazyPrefectTask, process_pool
+from .runtime import LazyPrefectTask, map_clips, process_pool
 
 
 @dataclass
@@ -34,14 +35,27 @@ class PrepareReport:
                 f"skipped {len(self.skipped)}")
 
 
-def _parallel_map(fn: Callable, jobs: list, workers: int, desc: str, progress: bool) -> list:
-    from tqdm import tqdm
+def _probe_all(paths: list[str], min_duration: float, cache_file: Path, workers: int, progress: bool, pool):
+    """Probe every clip, reusing results for files whose size and mtime are unchanged since the last run."""
+    from .probe import ProbeInfo, probe_clip
 
-    if workers > 1 and len(jobs) > 1:
-        with process_pool(workers) as pool:
-            return list(tqdm(pool.map(fn, *zip(*jobs), chunksize=2), total=len(jobs), desc=desc, unit="clip",
-                             disable=not progress))
-    return [fn(*j) for j in tqdm(jobs, desc=desc, unit="clip", disable=not progress)]
+    try:
+        known = json.loads(cache_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    stamps = {}
+    for p in paths:
+        st = os.stat(p)
+        stamps[p] = [st.st_size, st.st_mtime_ns, min_duration]
+    todo = [p for p in paths if known.get(p, {}).get("stamp") != stamps[p]]
+    fresh = map_clips(probe_clip, [(p, min_duration) for p in todo], workers, "probe", progress, pool)
+    for p, info in zip(todo, fresh):
+        known[p] = {"stamp": stamps[p], "info": info.as_dict()}
+    from .media import atomic_path
+
+    with atomic_path(cache_file) as tmp:
+        tmp.write_text(json.dumps({p: known[p] for p in paths}), encoding="utf-8")
+    return [ProbeInfo(**known[p]["info"]) for p in paths]
 
 
 def _extract(video: str, wav: str, sample_rate: int, has_audio: bool, duration: float) -> str | None:
@@ -58,11 +72,7 @@ def _extract(video: str, wav: str, sample_rate: int, has_audio: bool, duration: 
 
 def prepare(source: str | Path, annotations: str | Path, out: str | Path, params: dict[str, Any],
             workers: int | None = None, progress: bool = True) -> PrepareReport:
-    from .cache import CacheItem, CacheSettings, write_cache
     from .ingest import ingest
-    from .media import atomic_path, file_sha256
-    from .probe import probe_clip
-    from .reorganize import PairInput, reorganize
 
     c = params["cache"]
     workers = int(c["workers"]) if workers is None else workers
@@ -74,8 +84,23 @@ def prepare(source: str | Path, annotations: str | Path, out: str | Path, params
     report.empty_captions = ingested.empty_captions
     report.skipped += [{"source": s.source, "record": s.index, "reason": s.reason} for s in ingested.skipped]
 
-    probes = _parallel_map(probe_clip, [(str(r.video_path), float(c["min_duration_s"])) for r in ingested.records],
-                           workers, "probe", progress)
+    pool = process_pool(workers) if workers > 1 else None  # one pool: workers start once per run
+    try:
+        return _prepare(ingested, out, params, report, workers, progress, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def _prepare(ingested, out: Path, params: dict[str, Any], report: PrepareReport, workers: int, progress: bool,
+             pool) -> PrepareReport:
+    from .cache import CacheItem, CacheSettings, write_cache
+    from .media import atomic_path, file_sha256
+    from .reorganize import PairInput, reorganize
+
+    c = params["cache"]
+    probes = _probe_all([str(r.video_path) for r in ingested.records], float(c["min_duration_s"]),
+                        out / ".probe_cache.json", workers, progress, pool)
     first_by_hash: dict[str, str] = {}
     accepted = []
     for rec, info in zip(ingested.records, probes):
@@ -94,8 +119,8 @@ def prepare(source: str | Path, annotations: str | Path, out: str | Path, params
     audio_dir.mkdir(exist_ok=True)
     sample_rate = int(c["sample_rate"])
     wavs = [audio_dir / f"{info.content_hash[:24]}.wav" for _, info in accepted]
-    errors = _parallel_map(_extract, [(str(r.video_path), str(w), sample_rate, i.has_audio, i.duration)
-                                      for (r, i), w in zip(accepted, wavs)], workers, "audio", progress)
+    errors = map_clips(_extract, [(str(r.video_path), str(w), sample_rate, i.has_audio, i.duration)
+                                  for (r, i), w in zip(accepted, wavs)], workers, "audio", progress, pool)
     extracted = []
     for (rec, info), wav, error in zip(accepted, wavs, errors):
         if error:
@@ -115,7 +140,7 @@ def prepare(source: str | Path, annotations: str | Path, out: str | Path, params
             image_hash=file_sha256(pair.image) if pair.image else None, split=rec.split,
             attributes=json.dumps(rec.attributes, sort_keys=True) if rec.attributes else None,
         ))
-    result = write_cache(items, out / "cache", CacheSettings.from_params(params), workers, progress)
+    result = write_cache(items, out / "cache", CacheSettings.from_params(params), workers, progress, pool)
     report.cache_computed, report.cache_reused = result.computed, result.reused
     failed = {s for s, _ in result.failed}
     report.skipped += [{"source": s, "record": None, "reason": r} for s, r in result.failed]

@@ -30,7 +30,7 @@ def probe_clip(path: str | Path, min_duration: float = 0.25) -> ProbeInfo:
     """Decode-check a clip. ok=False with a reason for empty, corrupt, not-a-video or too-short files."""
     import av
 
-    from .media import MediaError, decode_video, file_sha256
+    from .media import MediaError, decode_check, file_sha256
 
     path = Path(path)
     try:
@@ -49,7 +49,7 @@ def probe_clip(path: str | Path, min_duration: float = 0.25) -> ProbeInfo:
     except av.error.FFmpegError as exc:
         return ProbeInfo(str(path), False, f"not a readable media file ({exc.__class__.__name__})", content_hash=digest)
     try:
-        frames, times = decode_video(path)
+        times, (width, height) = decode_check(path)
     except MediaError as exc:
         return ProbeInfo(str(path), False, str(exc), content_hash=digest)
     n = len(times)
@@ -58,8 +58,8 @@ def probe_clip(path: str | Path, min_duration: float = 0.25) -> ProbeInfo:
     duration = float(times[-1]) + (step if step > 0 else 0.0)
     if duration < min_duration:
         return ProbeInfo(str(path), False, f"too short ({duration:.2f} s < {min_duration} s)", duration, fps,
-                         frames.shape[2], frames.shape[1], n, has_audio, channels, digest)
-    return ProbeInfo(str(path), True, None, duration, fps, frames.shape[2], frames.shape[1], n, has_audio, channels, digest)
+                         width, height, n, has_audio, channels, digest)
+    return ProbeInfo(str(path), True, None, duration, fps, width, height, n, has_audio, channels, digest)
 
 
 probe_task = LazyPrefectTask(probe_clip, name="probe", retries=2, retry_delay_seconds=[1, 4])

@@ -66,3 +66,33 @@ def process_pool(workers: int):
     from concurrent.futures import ProcessPoolExecutor
 
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def map_clips(fn, jobs: list[tuple], workers: int, desc: str, progress: bool = True, pool=None) -> list:
+    """fn(*job) for every job, in order, with a progress bar: in `pool` when given (one pool serves
+    every step of a run, so workers start once), else in a fresh pool of `workers`, else inline."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc=desc, unit="clip", disable=not progress or not jobs)
+    try:
+        if len(jobs) > 1 and (pool is not None or workers > 1):
+            if pool is None:
+                with process_pool(workers) as own:
+                    return _collect(own, fn, jobs, bar)
+            return _collect(pool, fn, jobs, bar)
+        out = []
+        for job in jobs:
+            out.append(fn(*job))
+            bar.update()
+        return out
+    finally:
+        bar.close()
+
+
+def _collect(pool, fn, jobs: list[tuple], bar) -> list:
+    futures = [pool.submit(fn, *job) for job in jobs]
+    out = []
+    for future in futures:
+        out.append(future.result())
+        bar.update()
+    return out
