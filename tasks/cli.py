@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("synth", "write the built-in synthetic dataset: mp4 clips with sound + annotations.json"),
     "prepare": ("prepare", "clips + annotations -> t2v/i2v pairs and the tensor cache (with a report of skipped files)"),
+    "train": ("train", "train the VAEs, then the base + upsampler denoisers (MLflow, checkpoints, --resume)"),
     "smoke": ("smoke", "run a few optimisation steps of every model on random tensors (checks an install)"),
 }
 
@@ -18,6 +19,7 @@ EPILOG = """\
 examples:
   tinyveo synth --out data/raw --num-clips 600
   tinyveo prepare --source data/raw --annotations data/raw/annotations.json --out data
+  tinyveo train --data data --out checkpoints
   tinyveo smoke                      # check the install: every model's loss goes down
   tinyveo smoke --set denoiser.base.depth=2 --steps 10
 
