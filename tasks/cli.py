@@ -61,6 +61,16 @@ def run_guarded(command: str, run: Callable[[argparse.Namespace], int], args: ar
         return 130
 
 
+def module_main(name: str, argv: Sequence[str] | None = None) -> int:
+    """The `python -m tasks.<name>` entry that DVC stages call: the same arguments, help and error
+    handling as `tinyveo <name>`."""
+    module = importlib.import_module(f"tasks.{name}")
+    parser = argparse.ArgumentParser(prog=f"python -m tasks.{name}", description=module.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(parser)
+    return run_guarded(name, module.run, parser.parse_args(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -187,12 +187,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasks.prepare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    from .cli import run_guarded
+    from .cli import module_main
 
-    return run_guarded("prepare", run, parser.parse_args(argv))
+    return module_main("prepare", argv)
 
 
 if __name__ == "__main__":

@@ -117,9 +117,10 @@ def run_smoke(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tinyveo smoke", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from .cli import module_main
+
+    return module_main("smoke", argv)
+
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

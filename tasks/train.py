@@ -183,6 +183,7 @@ def run_stage(
     dist: Dist,
     tracker,
     progress: bool,
+    device_type: str = "cpu",
 ) -> StageResult:
     """The training loop shared by both stages: AdamW + warmup/cosine + grad clipping (+ EMA),
     deterministic batches and noise, atomic checkpoints, exact resume, NaN/Inf guard."""
@@ -238,7 +239,9 @@ def run_stage(
         m.train()
     while step < min(steps, last):
         optimizer.zero_grad(set_to_none=True)
-        parts = loss_fn(cursor.next(), generator)
+        # bf16 autocast on CUDA; full fp32 on CPU, where it is exact and deterministic.
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device_type == "cuda"):
+            parts = loss_fn(cursor.next(), generator)
         loss = sum(parts.values())
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"{name} stage: non-finite loss ({float(loss.detach())}) at step {step + 1}; "
@@ -315,7 +318,7 @@ def train_vaes(data: dict[str, Any], manifest, cfg, params: dict[str, Any], out:
         batch_size=int(t["vae_batch_size"]), lr=float(t["vae_lr"]), warmup=int(t["warmup_steps"]),
         weight_decay=float(t["weight_decay"]), grad_clip=float(t["grad_clip"]), seed=seed,
         checkpoint_every=int(t["checkpoint_every"]), log_every=int(t["log_every"]), resume=resume,
-        stop_after=stop_after, dist=dist, tracker=tracker, progress=progress,
+        stop_after=stop_after, dist=dist, tracker=tracker, progress=progress, device_type=device.type,
     )
     video_vae.eval(), audio_vae.eval()
     with torch.no_grad():
@@ -436,7 +439,7 @@ def train_denoisers(latents: dict[str, Any], manifest, cfg, params: dict[str, An
         steps=int(t["denoiser_steps"]), batch_size=int(t["batch_size"]), lr=float(t["lr"]),
         warmup=int(t["warmup_steps"]), weight_decay=float(t["weight_decay"]), grad_clip=float(t["grad_clip"]),
         seed=seed + 1, checkpoint_every=int(t["checkpoint_every"]), log_every=int(t["log_every"]), resume=resume,
-        stop_after=stop_after, dist=dist, tracker=tracker, progress=progress,
+        stop_after=stop_after, dist=dist, tracker=tracker, progress=progress, device_type=device.type,
     )
 
 
@@ -553,6 +556,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-after", type=int, default=None, metavar="N",
                         help="stop each stage after N more steps (checkpointed; continue later with --resume)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--metrics-dir", default=None,
+                        help="also copy train_summary.json and the loss TSVs here (DVC metrics/plots)")
     parser.add_argument("--params", default=None, help="params file (default: the repository's params.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter, e.g. --set train.denoiser_steps=500 (repeatable)")
@@ -572,17 +577,22 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as exc:
         print(f"tinyveo train: error: {exc}")
         return 3
+    if args.metrics_dir and int(os.environ.get("RANK", "0")) == 0:
+        import shutil
+
+        target = Path(args.metrics_dir)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("train_summary.json", "loss_vae.tsv", "loss_denoiser.tsv"):
+            if (Path(args.out) / name).exists():
+                shutil.copyfile(Path(args.out) / name, target / name)
     print(json.dumps(summary, indent=1))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .cli import run_guarded
+    from .cli import module_main
 
-    parser = argparse.ArgumentParser(prog="python -m tasks.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run_guarded("train", run, parser.parse_args(argv))
+    return module_main("train", argv)
 
 
 if __name__ == "__main__":
