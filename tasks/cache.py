@@ -196,6 +196,7 @@ class CacheResult:
     computed: int
     reused: int
     failed: list[tuple[str, str]]   # (source, reason)
+    padded: dict[str, bool]         # source -> padded to the window, for every item in the manifest
 
 
 def write_cache(items: list[CacheItem], cache_dir: str | Path, settings: CacheSettings, workers: int = 2,
@@ -262,7 +263,8 @@ def write_cache(items: list[CacheItem], cache_dir: str | Path, settings: CacheSe
     for shard in cache_dir.glob("shard-*.safetensors"):
         if shard.name not in referenced:
             shard.unlink()
-    return CacheResult(manifest_path, computed=len(todo) - len(failed), reused=len(items) - len(todo), failed=failed)
+    return CacheResult(manifest_path, computed=len(todo) - len(failed), reused=len(items) - len(todo), failed=failed,
+                       padded={row["source"]: row["padded"] for row in rows})
 
 
 cache_task = LazyPrefectTask(write_cache, name="tensor-cache")

@@ -145,15 +145,11 @@ def _prepare(ingested, out: Path, params: dict[str, Any], report: PrepareReport,
     failed = {s for s, _ in result.failed}
     report.skipped += [{"source": s, "record": None, "reason": r} for s, r in result.failed]
 
-    import pandas as pd
-
-    manifest = pd.read_parquet(result.manifest)
-    padded = dict(zip(manifest["source"], manifest["padded"]))
     for item in items:
         if item.source in failed:
             continue
         report.kept.append({"id": item.id, "source": item.source, "modality": item.modality, "has_audio": item.has_audio,
-                            "duration": item.duration, "fps": item.fps, "padded": bool(padded.get(item.source, False)),
+                            "duration": item.duration, "fps": item.fps, "padded": result.padded[item.source],
                             "split": item.split, "content_hash": item.content_hash})
     with atomic_path(out / "prepare_report.json") as tmp:
         tmp.write_text(json.dumps({"summary": report.summary(), "kept": report.kept, "skipped": report.skipped},

@@ -262,13 +262,19 @@ def run_stage(
             tracker.metrics({**record, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "samples_per_s": rate}, step)
         if step % checkpoint_every == 0 or step == steps:
             checkpoint()
-    if step == min(steps, last) and step % checkpoint_every and step != steps:
+    if step < steps and step % checkpoint_every:
         checkpoint()  # an early stop (--stop-after) still leaves a checkpoint to resume from
     bar.close()
     return StageResult(name, step, losses, {}, time.perf_counter() - start)
 
 
 # ---- stages -------------------------------------------------------------------------------------
+
+def training_rows(manifest) -> list[int]:
+    """Manifest rows the models train on: everything but the held-out combinations (all rows when
+    the dataset marks none as held out)."""
+    return [i for i, s in enumerate(manifest["split"].fillna("train")) if s != "holdout"] or list(range(len(manifest)))
+
 
 def psnr(a, b) -> float:
     import torch
@@ -288,7 +294,7 @@ def train_vaes(data: dict[str, Any], manifest, cfg, params: dict[str, Any], out:
     seed = int(params["seed"])
     torch.manual_seed(seed)
     video_vae, audio_vae = VideoVAE(cfg.video_vae).to(device), AudioVAE(cfg.audio_vae).to(device)
-    train_idx = [i for i, s in enumerate(manifest["split"].fillna("train")) if s != "holdout"] or list(range(len(manifest)))
+    train_idx = training_rows(manifest)
     modules: dict[str, Any] = {"video_vae": video_vae, "audio_vae": audio_vae}
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -417,7 +423,7 @@ def train_denoisers(latents: dict[str, Any], manifest, cfg, params: dict[str, An
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         modules = {k: DDP(m, find_unused_parameters=True) for k, m in modules.items()}
-    train_idx = [i for i, s in enumerate(manifest["split"].fillna("train")) if s != "holdout"] or list(range(len(manifest)))
+    train_idx = training_rows(manifest)
     dropout, max_aug = float(d["cond_dropout"]), int(d["upsampler_max_noise_aug"])
     feats = latents.get("image_features")
 
