@@ -23,12 +23,13 @@ from .diffusion import (
     sample_latents,
     upsampler_loss,
 )
+from .pipeline import GeneratedContent, TinyVeo
 from .vae import AudioVAE, DiagonalGaussian, VideoVAE
 
 __all__ = [
-    "AudioVAE", "AudioVAEConfig", "ConditioningEncoder", "DenoiserConfig", "DiagonalGaussian", "FinalLayer",
+    "AudioVAE", "AudioVAEConfig", "ConditioningEncoder", "DenoiserConfig", "DiagonalGaussian", "FinalLayer", "GeneratedContent",
     "InputProjector", "JointDenoisingTransformer", "MissingCheckpointError", "ModelConfig", "OutputProjector",
-    "PatchTransformer", "SAMPLERS", "TextEmbedding", "TimestepEmbedding", "TokenBuilder", "TransformerBlock",
+    "PatchTransformer", "SAMPLERS", "TextEmbedding", "TimestepEmbedding", "TinyVeo", "TokenBuilder", "TransformerBlock",
     "VideoVAE", "VideoVAEConfig", "base_denoiser_loss", "from_params", "make_noise_scheduler", "make_sampler",
     "sample_latents", "upsampler_loss",
 ]

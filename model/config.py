@@ -56,6 +56,9 @@ class DenoiserConfig:
     # Spatial size of the input image latent for image-to-video (C, H, W): the base-resolution
     # image encoded by the VideoVAE.
     image_latent_shape: tuple[int, int, int] = (4, 4, 4)
+    # Square patch (in latent cells) of the image tokens; None: the video patch's (h, w). The image
+    # only conditions, so coarser tokens than the video's cost little quality and save sequence.
+    image_patch: int | None = None
     low_res_latent_shape: tuple[int, int, int, int] | None = None  # upsampler only
     context_dim: int = 384        # width of the text encoder's pooled vector and token states
     image_feature_dim: int = 0    # CLIP image feature width; 0 when the backend has none
@@ -79,8 +82,16 @@ class DenoiserConfig:
     @property
     def image_grid(self) -> tuple[int, int]:
         _, h, w = self.image_latent_shape
-        _, ph, pw = self.video_patch
-        return max(h // ph, 1), max(w // pw, 1)
+        ph, pw = self.image_patch_hw
+        if h % ph or w % pw:
+            raise ValueError(f"image latent {self.image_latent_shape} is not divisible by image patch {(ph, pw)}")
+        return h // ph, w // pw
+
+    @property
+    def image_patch_hw(self) -> tuple[int, int]:
+        if self.image_patch:
+            return int(self.image_patch), int(self.image_patch)
+        return self.video_patch[1], self.video_patch[2]
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,7 @@ def _denoiser(
         video_patch=tuple(int(v) for v in p["video_patch"]),  # type: ignore[arg-type]
         audio_latent_shape=audio_latent,
         audio_patch=int(p["audio_patch"]),
+        image_patch=int(p["image_patch"]) if p.get("image_patch") else None,
         image_latent_shape=image_latent,
         low_res_latent_shape=low_res_latent,
         context_dim=context_dim,

@@ -176,8 +176,8 @@ class InputProjector(nn.Module):
         self.null_token = nn.Parameter(torch.zeros(config.context_dim))
         in_video = 2 * c_video if config.is_upsampler else c_video  # upsampler: low-res latent concatenated
         self.video_patcher = nn.Conv3d(in_video, d, kernel_size=config.video_patch, stride=config.video_patch)
-        _, ph, pw = config.video_patch
-        self.image_patcher = nn.Conv2d(config.image_latent_shape[0], d, kernel_size=(ph, pw), stride=(ph, pw))
+        self.image_patcher = nn.Conv2d(config.image_latent_shape[0], d, kernel_size=config.image_patch_hw,
+                                       stride=config.image_patch_hw)
         self.video_patch_size = math.prod(config.video_patch) * c_video
         if config.is_upsampler:
             self.noise_level_embedder = nn.Sequential(TimestepEmbedding(d), nn.Linear(d * 4, d))

@@ -12,6 +12,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("synth", "write the built-in synthetic dataset: mp4 clips with sound + annotations.json"),
     "prepare": ("prepare", "clips + annotations -> t2v/i2v pairs and the tensor cache (with a report of skipped files)"),
     "train": ("train", "train the VAEs, then the base + upsampler denoisers (MLflow, checkpoints, --resume)"),
+    "generate": ("generate", "prompt(s) (+ optional first-frame image) -> mp4 with sound, wav and frame-grid png"),
+    "evaluate": ("evaluate", "generate for held-out prompts -> metrics.json (accuracy, CLIP score, LPIPS, PSNR/SSIM) + MLflow"),
     "smoke": ("smoke", "run a few optimisation steps of every model on random tensors (checks an install)"),
 }
 
@@ -20,6 +22,9 @@ examples:
   tinyveo synth --out data/raw --num-clips 600
   tinyveo prepare --source data/raw --annotations data/raw/annotations.json --out data
   tinyveo train --data data --out checkpoints
+  tinyveo generate --checkpoint checkpoints --prompt "A red circle moves left to right with a low tone" --out gen
+  tinyveo generate --checkpoint checkpoints --prompts prompts.txt --out gen --sampler ddim --steps 50
+  tinyveo evaluate --checkpoint checkpoints --holdout data --out outputs/eval
   tinyveo smoke                      # check the install: every model's loss goes down
   tinyveo smoke --set denoiser.base.depth=2 --steps 10
 

@@ -537,11 +537,11 @@ def train(data_dir: str | Path, out_dir: str | Path, params: dict[str, Any], *, 
             last = res.losses[-1] if res.losses else {}
             summary["stages"]["denoiser"] = {"steps": res.steps, "seconds": round(res.seconds, 1),
                                              **{k: v for k, v in last.items() if k != "step"}}
+        summary["run_id"] = tracker.run_id
         if dist.main:
             (out / "config.json").write_text(json.dumps({"params": params, "context_dim": encoder.text_dim,
                                                           "image_feature_dim": encoder.image_dim}, indent=1), encoding="utf-8")
             (out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-        summary["run_id"] = tracker.run_id
     finally:
         tracker.end()
         import torch.distributed as td

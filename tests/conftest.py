@@ -36,6 +36,36 @@ ARTICLE_OVERRIDES = TINY_OVERRIDES + [
 ]
 
 
+# A tiny but complete training run: seconds on 2 CPU cores.
+TRAIN_OVERRIDES = TINY_OVERRIDES + [
+    "train.vae_steps=8", "train.vae_batch_size=4", "train.vae_upsampled_batch_size=2", "train.denoiser_steps=8",
+    "train.batch_size=4", "train.warmup_steps=2", "train.checkpoint_every=4", "train.log_every=2",
+    "train.mlflow=false", "train.vae_lr=3e-3", "train.lr=2e-3",
+]
+
+
+@pytest.fixture(scope="session")
+def prepared_data(tmp_path_factory):
+    """A prepared data folder (pairs + tensor cache) over 24 built-in clips, some held out and some i2v."""
+    from tasks.prepare import prepare
+    from tasks.synth import synth
+
+    root = tmp_path_factory.mktemp("prepared")
+    ann = synth(root / "raw", num_clips=24, seed=1, workers=2, progress=False)
+    prepare(root / "raw", ann, root / "data", load_params(), workers=2, progress=False)
+    return root / "data"
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(prepared_data, tmp_path_factory):
+    """A checkpoint folder from a tiny training run over `prepared_data` (no MLflow)."""
+    from tasks.train import train
+
+    out = tmp_path_factory.mktemp("trained") / "ckpt"
+    train(prepared_data, out, load_params(overrides=TRAIN_OVERRIDES), progress=False)
+    return out
+
+
 @pytest.fixture
 def params():
     return load_params()

@@ -20,14 +20,9 @@ from tasks.prepare import prepare
 from tasks.synth import synth
 from tasks.train import NonFiniteLossError, train
 
-from conftest import TINY_OVERRIDES
+from conftest import TRAIN_OVERRIDES
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAIN_OVERRIDES = TINY_OVERRIDES + [
-    "train.vae_steps=8", "train.vae_batch_size=4", "train.vae_upsampled_batch_size=2", "train.denoiser_steps=8",
-    "train.batch_size=4", "train.warmup_steps=2", "train.checkpoint_every=4", "train.log_every=2",
-    "train.mlflow=false", "train.vae_lr=3e-3", "train.lr=2e-3",
-]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,73 @@
+"""Benchmark: seconds per generated clip (base + upsampler + VAE decoders) for each sampler and step
+count, at batch 1 and batch 8, with the attribute accuracy each setting reaches on held-out prompts.
+Ratios are against the article's setting (DDPM, 50 steps per stage), measured in the same run on the
+same trained checkpoint. Not a test.
+
+    scripts/env.sh python bench/generate_latency.py --checkpoint checkpoints --data data
+    scripts/env.sh python bench/generate_latency.py --settings dpm:10,dpm:20,ddpm:50 --prompts 48
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+
+def main() -> None:
+    import numpy as np
+    import torch
+
+    from tasks.detect import CHANCE, detect_all
+    from tasks.evaluate import holdout_specs
+    from tasks.generate import load_pipeline
+    from tasks.metrics import attribute_accuracy
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="checkpoints")
+    parser.add_argument("--data", default="data", help="prepared data folder (held-out prompts)")
+    parser.add_argument("--settings", default="dpm:10,dpm:20,ddim:20,ddim:50,ddpm:50",
+                        help="comma list of sampler:steps (the last ddpm:50 is the article's setting)")
+    parser.add_argument("--prompts", type=int, default=24, help="held-out prompts per setting for accuracy")
+    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--repeats", type=int, default=3, help="timed batch-1 clips per setting (median)")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    pipe, _ = load_pipeline(args.checkpoint)
+    specs, _, _, split = holdout_specs(args.data, args.prompts)
+    prompts = [s.prompt for s in specs]
+    settings = [(s.split(":")[0], int(s.split(":")[1])) for s in args.settings.split(",")]
+    pipe.generate_content(prompts[:1], steps=2)  # warm-up (first-call allocations, lazy imports)
+
+    rows = []
+    for sampler, steps in settings:
+        one = []
+        for r in range(args.repeats):
+            t0 = time.perf_counter()
+            pipe.generate_content(prompts[r % len(prompts)], steps=steps, sampler=sampler, guidance=args.guidance, seed=r)
+            one.append(time.perf_counter() - t0)
+        detected, t8 = [], []
+        for k in range(0, len(prompts), 8):
+            t0 = time.perf_counter()
+            out = pipe.generate_content(prompts[k:k + 8], steps=steps, sampler=sampler, guidance=args.guidance, seed=k)
+            t8.append((time.perf_counter() - t0) / len(prompts[k:k + 8]))
+            detected += [detect_all(out.video[i].permute(1, 2, 3, 0).numpy(), out.audio[i].numpy(), out.sample_rate)
+                         for i in range(out.video.shape[0])]
+        acc = attribute_accuracy(detected, [s.attributes for s in specs], CHANCE)
+        rows.append({"setting": f"{sampler}:{steps}", "s_per_clip_b1": float(np.median(one)),
+                     "s_per_clip_b8": float(np.median(t8)), **{k: v["accuracy"] for k, v in acc.items()}})
+
+    ref = next((r for r in rows if r["setting"] == "ddpm:50"), rows[-1])
+    print(f"# generate latency  torch {torch.__version__}  threads {torch.get_num_threads()}  {platform.processor() or platform.machine()}")
+    print(f"# {len(prompts)} {split} prompts, guidance {args.guidance}; ratio = {ref['setting']} time / this time")
+    keys = ["color", "shape", "direction", "pitch", "all_four"]
+    print(f"{'setting':<10} {'s/clip b1':>9} {'s/clip b8':>9} {'x b1':>6} {'x b8':>6} " + " ".join(f"{k:>9}" for k in keys))
+    for r in rows:
+        print(f"{r['setting']:<10} {r['s_per_clip_b1']:>9.3f} {r['s_per_clip_b8']:>9.3f} "
+              f"{ref['s_per_clip_b1'] / r['s_per_clip_b1']:>6.1f} {ref['s_per_clip_b8'] / r['s_per_clip_b8']:>6.1f} "
+              + " ".join(f"{r[k]:>9.2f}" for k in keys))
+    print("chance     " + " " * 40 + " ".join(f"{CHANCE.get(k, np.prod(list(CHANCE.values()))):>9.2f}" for k in keys))
+
+
+if __name__ == "__main__":
+    main()

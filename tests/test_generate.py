@@ -1,0 +1,234 @@
+"""Generation and evaluation on a tiny trained checkpoint: tensors, files, determinism, i2v, prompt
+files, every metric, and an error message for each bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.cli import main as cli_main
+from tasks.generate import PromptSpec, generate, load_pipeline, read_prompts
+from tasks.params import load_params
+from tasks.runtime import UserError
+
+FAST = ["sample.steps=3", "eval.num_prompts=4", "eval.num_i2v=2", "eval.num_saved_samples=1", "eval.num_vae_clips=4"]
+PROMPTS = ["A red circle moves from left to right with a low tone", "A blue square drifts upward; a high note rings"]
+
+
+@pytest.fixture(scope="module")
+def pipe(trained_checkpoint):
+    return load_pipeline(trained_checkpoint)[0]
+
+
+def test_generate_content_shapes_ranges_and_seed(pipe):
+    a = pipe.generate_content(PROMPTS, steps=3, guidance=4.0, sampler="dpm", seed=1)
+    b = pipe.generate_content(PROMPTS, steps=3, guidance=4.0, sampler="dpm", seed=1)
+    c = pipe.generate_content(PROMPTS, steps=3, guidance=4.0, sampler="dpm", seed=2)
+    assert a.video.shape == (2, 3, 16, 64, 64) and a.base_video.shape == (2, 3, 16, 32, 32)
+    assert a.audio.shape == (2, 32000) and a.sample_rate == 16000 and a.fps == 8.0
+    assert 0 <= float(a.video.min()) and float(a.video.max()) <= 1
+    assert -1 <= float(a.audio.min()) and float(a.audio.max()) <= 1 and float(a.audio.abs().max()) > 0.5
+    assert torch.equal(a.video, b.video) and torch.equal(a.audio, b.audio)
+    assert not torch.equal(a.video, c.video)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_every_sampler_gives_finite_clips(pipe, sampler):
+    out = pipe.generate_content(PROMPTS[:1], steps=3, sampler=sampler, seed=0)
+    assert torch.isfinite(out.video).all() and torch.isfinite(out.audio).all()
+
+
+def test_image_to_video_uses_the_image(pipe):
+    red, blue = torch.zeros(3, 64, 64), torch.zeros(3, 64, 64)
+    red[0, 16:48, 8:40], blue[2, 16:48, 8:40] = 1.0, 1.0
+    with_red = pipe.generate_content(PROMPTS[:1], red, steps=3, seed=0)
+    with_blue = pipe.generate_content(PROMPTS[:1], blue, steps=3, seed=0)
+    text_only = pipe.generate_content(PROMPTS[:1], steps=3, seed=0)
+    assert not torch.equal(with_red.video, with_blue.video)
+    assert not torch.equal(with_red.video, text_only.video)
+    with pytest.raises(ValueError, match="input images for"):
+        pipe.generate_content(PROMPTS, torch.zeros(3, 3, 64, 64), steps=2)
+
+
+def _probe(path: Path) -> dict:
+    import av
+
+    with av.open(str(path)) as c:
+        video, audio = c.streams.video, c.streams.audio
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+        return {"n_video": len(video), "n_audio": len(audio), "vcodec": video[0].codec_context.name,
+                "acodec": audio[0].codec_context.name, "duration": float(c.duration) / 1e6, "frames": frames,
+                "rate": audio[0].rate}
+
+
+def test_generate_writes_mp4_with_aac_wav_png_and_is_reproducible(trained_checkpoint, tmp_path):
+    import soundfile as sf
+
+    params = load_params(overrides=FAST)
+    first = generate(trained_checkpoint, [PromptSpec(PROMPTS[0])], tmp_path / "a", params, seed=7, progress=False)
+    again = generate(trained_checkpoint, [PromptSpec(PROMPTS[0])], tmp_path / "b", params, seed=7, progress=False)
+    rec = first[0]
+    info = _probe(Path(rec["mp4"]))
+    assert (info["n_video"], info["n_audio"]) == (1, 1)
+    assert (info["vcodec"], info["acodec"]) == ("h264", "aac")
+    assert abs(info["duration"] - 2.0) < 0.15, info["duration"]
+    assert info["frames"].shape == (16, 256, 256, 3)
+    assert np.array_equal(info["frames"], _probe(Path(again[0]["mp4"]))["frames"])
+    wave, sr = sf.read(rec["wav"])
+    assert sr == 16000 and wave.shape == (32000,)
+    assert Path(rec["png"]).stat().st_size > 1000
+    lines = (tmp_path / "a" / "samples.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["prompt"] == PROMPTS[0]
+
+
+def test_prompt_files_text_and_jsonl(tmp_path):
+    txt = tmp_path / "MovieGenVideoBench.txt"
+    txt.write_text("A red circle moves left to right\n\n  A blue square moves upward  \n", encoding="utf-8")
+    assert [s.prompt for s in read_prompts(txt)] == ["A red circle moves left to right", "A blue square moves upward"]
+    jl = tmp_path / "bench.jsonl"
+    jl.write_text(json.dumps({"prompt": "a dog barks", "id": 3}) + "\n"
+                  + json.dumps({"prompt": "a red circle", "image": "first.png", "attributes": {"color": "red"}}) + "\n")
+    specs = read_prompts(jl)
+    assert specs[0].prompt == "a dog barks" and specs[0].extra == {"id": 3}
+    assert specs[1].image == str(tmp_path / "first.png") and specs[1].attributes == {"color": "red"}
+    for content, message in [("", "empty"), ('{"prompt": "ok"}\n{"text": "x"}\n', r"bench2.jsonl:2: .*'prompt'"),
+                             ('{"prompt": "ok"}\n{nope\n', r"bench2.jsonl:2: not a JSON object"),
+                             ('{"prompt": "  "}\n', r"bench2.jsonl:1: empty prompt")]:
+        (tmp_path / "bench2.jsonl").write_text(content)
+        with pytest.raises(UserError, match=message):
+            read_prompts(tmp_path / "bench2.jsonl")
+
+
+def _cli_error(capsys, *argv: str) -> str:
+    assert cli_main(list(argv)) == 2
+    return capsys.readouterr().err
+
+
+def test_generate_errors_name_the_problem(trained_checkpoint, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    err = _cli_error(capsys, "generate", "--checkpoint", str(tmp_path / "nope"), "--prompt", "x", "--out", out)
+    assert "nope: no such checkpoint folder" in err
+    (tmp_path / "empty").mkdir()
+    err = _cli_error(capsys, "generate", "--checkpoint", str(tmp_path / "empty"), "--prompt", "x", "--out", out)
+    assert "config.json: missing" in err
+    err = _cli_error(capsys, "generate", "--checkpoint", str(trained_checkpoint), "--prompt", "  ", "--out", out)
+    assert "--prompt is empty" in err
+    bad_image = tmp_path / "frame.png"
+    bad_image.write_bytes(b"not an image at all")
+    err = _cli_error(capsys, "generate", "--checkpoint", str(trained_checkpoint), "--prompt", "x", "--image",
+                     str(bad_image), "--out", out)
+    assert "frame.png: unreadable image" in err
+    err = _cli_error(capsys, "generate", "--checkpoint", str(trained_checkpoint), "--prompt", "x", "--image",
+                     str(tmp_path / "missing.png"), "--out", out)
+    assert "missing.png: image not found" in err
+
+    def edited_copy(name: str, edit) -> str:
+        copy = tmp_path / name
+        shutil.copytree(trained_checkpoint, copy)
+        config = json.loads((copy / "config.json").read_text())
+        edit(config["params"])
+        (copy / "config.json").write_text(json.dumps(config))
+        return str(copy)
+
+    wider = edited_copy("wider", lambda p: p["denoiser"]["base"].update(dim=48))
+    err = _cli_error(capsys, "generate", "--checkpoint", wider, "--prompt", "x", "--out", out)
+    assert "base_ema.safetensors: incompatible with" in err and "config.json" in err
+    clip = edited_copy("clip", lambda p: p["conditioning"].update(backend="clip", clip_path=str(tmp_path / "no-clip")))
+    err = _cli_error(capsys, "generate", "--checkpoint", clip, "--prompt", "x", "--out", out)
+    assert "conditioning.clip_path: no checkpoint at" in err and "no-clip" in err
+    shutil.rmtree(Path(wider) / "denoiser")
+    err = _cli_error(capsys, "generate", "--checkpoint", wider, "--prompt", "x", "--out", out)
+    assert "no denoiser checkpoint" in err
+
+
+def test_evaluate_reports_every_metric(trained_checkpoint, prepared_data, tiny_clip_dir, tmp_path):
+    from tasks.evaluate import evaluate
+
+    params = load_params(overrides=FAST + [f"eval.clip_path={tiny_clip_dir}"])
+    m = evaluate(trained_checkpoint, tmp_path / "eval", params, holdout=prepared_data, progress=False, track=False)
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == json.loads(json.dumps(m))
+    acc = m["attribute_accuracy"]
+    assert acc["count"] == m["prompts"]["count"] > 0
+    for key, chance in [("color", 0.25), ("shape", 0.3333), ("direction", 0.25), ("pitch", 0.3333)]:
+        assert 0.0 <= acc[key]["accuracy"] <= 1.0 and acc[key]["chance"] == chance
+    assert acc["all_four"]["chance"] == round(1 / 144, 4)
+    assert (tmp_path / "eval" / "accuracy.tsv").read_text().startswith("attribute\taccuracy\tchance\n")
+    clip = m["clip_score"]
+    assert -1.0 <= clip["raw_cosine"] <= 1.0 and clip["torchmetrics"] >= 0 and clip["frames_per_clip"] == 16
+    i2v = m["i2v"]
+    assert i2v["count"] >= 1 and i2v["lpips_backbone"] in ("pretrained", "random")
+    name = "lpips" if i2v["lpips_backbone"] == "pretrained" else "lpips_random_backbone"
+    assert i2v[name] >= 0 and ("lpips" not in i2v or i2v["lpips_backbone"] == "pretrained")
+    vae = m["vae_reconstruction"]
+    assert vae["video_psnr_base"] > 5 and -1 <= vae["video_ssim_base"] <= 1 and vae["audio_logmel_l1"] >= 0
+    assert m["av_sync"]["real_offset_frames"]["mean_abs"] == 0.0
+    assert any(p.suffix == ".mp4" for p in (tmp_path / "eval" / "samples").iterdir())
+
+    no_clip = evaluate(trained_checkpoint, tmp_path / "eval2", load_params(overrides=FAST + ["eval.num_i2v=0"]),
+                       holdout=prepared_data, progress=False, track=False)
+    assert no_clip["clip_score"]["status"] == "not computed" and "clip_path" in no_clip["clip_score"]["reason"]
+    assert no_clip["i2v"]["status"] == "not computed"
+
+
+def test_evaluate_from_a_prompts_file_logs_to_mlflow(trained_checkpoint, tmp_path, monkeypatch):
+    import mlflow
+
+    from tasks.evaluate import evaluate
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": PROMPTS[0], "attributes": {"color": "red", "shape": "circle",
+                                                                        "direction": "left-to-right", "pitch": "low"}}) + "\n")
+    m = evaluate(trained_checkpoint, tmp_path / "eval", load_params(overrides=FAST),
+                 prompts=prompts, progress=False, track=True)
+    assert m["attribute_accuracy"]["count"] == 1
+    assert m["vae_reconstruction"]["status"] == "not computed"
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tinyveo").experiment_id])
+    assert len(runs) == 1
+    assert "attribute_accuracy.color.accuracy" in runs[0].data.metrics
+    logged = {a.path for a in client.list_artifacts(runs[0].info.run_id, "evaluation")}
+    assert {"evaluation/metrics.json", "evaluation/samples"} <= logged
+
+
+def test_clip_score_convention_on_identical_embeddings():
+    from tasks.metrics import clip_score_from_features
+
+    text = torch.randn(3, 16)
+    same = clip_score_from_features(text, text[:, None].expand(-1, 5, -1))
+    assert same.raw == pytest.approx(1.0, abs=1e-6) and same.torchmetrics == pytest.approx(100.0, abs=1e-4)
+    opposite = clip_score_from_features(text, -text[:, None])
+    assert opposite.raw == pytest.approx(-1.0, abs=1e-6) and opposite.torchmetrics == 0.0
+    ortho = clip_score_from_features(torch.tensor([[1.0, 0.0]]), torch.tensor([[[0.0, 1.0], [1.0, 0.0]]]))
+    assert ortho.raw == pytest.approx(0.5) and ortho.torchmetrics == pytest.approx(50.0)
+
+
+def test_reconstruction_metrics():
+    from tasks.metrics import psnr, ssim
+
+    x = torch.rand(2, 3, 4, 32, 32)
+    assert ssim(x, x) == pytest.approx(1.0, abs=1e-5) and psnr(x, x) >= 99
+    noisy = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
+    assert ssim(x, noisy) < 0.95 and 15 < psnr(x, noisy) < 25
+    assert psnr(torch.zeros(1, 3, 8, 8), torch.full((1, 3, 8, 8), 0.1)) == pytest.approx(20.0, abs=1e-4)
+
+
+def test_attribute_accuracy_and_av_offset_on_built_in_clips():
+    from tasks.detect import CHANCE, detect_all
+    from tasks.metrics import attribute_accuracy, av_offset_frames
+    from tasks.synth import plan, render_audio, render_frames
+
+    spec = plan(4, seed=0, i2v_fraction=0.0)[0]
+    frames = render_frames(spec, 64, 8, 2.0)
+    audio = render_audio(spec, 16000, 2.0)[:, 0]
+    found = detect_all(frames, audio, 16000)
+    acc = attribute_accuracy([found, {**found, "shape": "none"}], [spec.attributes, spec.attributes], CHANCE)
+    assert acc["color"]["accuracy"] == 1.0 and acc["shape"]["accuracy"] == 0.5 and acc["all_four"]["accuracy"] == 0.5
+    assert av_offset_frames(frames, audio, 16000, 8.0) == 0
+    late = np.concatenate([np.zeros(6000, np.float32), audio[:-6000]])   # 0.375 s = 3 frames late
+    assert av_offset_frames(frames, late, 16000, 8.0) == 3
