@@ -279,7 +279,10 @@ class PatchTransformer(nn.Module):
         d = config.dim
         if d % 8:
             raise ValueError(f"denoiser width must be a multiple of 8 for the position tables, got {d}")
-        parts = [torch.zeros(config.max_text_tokens, d), image_positions(config.image_grid, d), video_positions(config.video_grid, d)]
+        # Caption tokens get their own 1D order: "from left to right" and "from right to left" hold the
+        # same words, and the frozen encoder's states carry their order only weakly.
+        text = sincos_embedding(torch.arange(config.max_text_tokens, dtype=torch.float64), d)
+        parts = [text, image_positions(config.image_grid, d), video_positions(config.video_grid, d)]
         if not config.is_upsampler:
             parts.append(audio_positions(config.audio_tokens, d))
         # Derived from the config, so not saved with the weights.

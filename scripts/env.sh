@@ -50,7 +50,9 @@ if [ ! -f "$DEPS/.complete" ]; then
 fi
 
 SITE=$("$DEPS/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.tinyveo-deps 2>/dev/null)" != "$DEPS" ]; then
+# The editable install is redone when the shared environment or pyproject.toml (entry points) changes.
+STAMP="$DEPS $(sha256sum pyproject.toml | cut -c1-12)"
+if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.tinyveo-deps 2>/dev/null)" != "$STAMP" ]; then
   rm -rf .venv
   "$PY" -m venv --without-pip .venv
   LOCAL_SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
@@ -60,7 +62,7 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.tinyveo-deps 2>/dev/null)" != "$
     echo "tinyveo: editable install of $ROOT failed" >&2
     exit 1
   fi
-  echo "$DEPS" > .venv/.tinyveo-deps
+  echo "$STAMP" > .venv/.tinyveo-deps
 fi
 
 export PATH="$ROOT/.venv/bin:$DEPS/bin:$PATH"

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .runtime import LazyPrefectTask, map_clips
+from .runtime import LazyPrefectTask, map_clips, persistent_cache
 
 MANIFEST = "manifest.parquet"
 TENSOR_FIELDS = ("video_base", "video_upsampled", "audio", "image_base", "image_upsampled")
@@ -267,4 +267,11 @@ def write_cache(items: list[CacheItem], cache_dir: str | Path, settings: CacheSe
                        padded={row["source"]: row["padded"] for row in rows})
 
 
-cache_task = LazyPrefectTask(write_cache, name="tensor-cache")
+def write_cache_key(parameters: dict) -> str:
+    from .runtime import content_digest
+
+    return content_digest("tensor-cache", [asdict(i) for i in parameters["items"]], asdict(parameters["settings"]),
+                          str(parameters["cache_dir"]))
+
+
+cache_task = LazyPrefectTask(write_cache, name="tensor-cache", **persistent_cache(write_cache_key))

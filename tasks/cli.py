@@ -7,14 +7,15 @@ import importlib
 import sys
 from typing import Callable, Sequence
 
-# name -> (module under tasks/, one-line help). Each module offers add_arguments(parser) and run(args).
+# name -> (module, one-line help). Each module offers add_arguments(parser) and run(args). The
+# `tinyveo` entry point (flows/cli.py) adds the flow commands (pipeline, serve) to these.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("synth", "write the built-in synthetic dataset: mp4 clips with sound + annotations.json"),
-    "prepare": ("prepare", "clips + annotations -> t2v/i2v pairs and the tensor cache (with a report of skipped files)"),
-    "train": ("train", "train the VAEs, then the base + upsampler denoisers (MLflow, checkpoints, --resume)"),
-    "generate": ("generate", "prompt(s) (+ optional first-frame image) -> mp4 with sound, wav and frame-grid png"),
-    "evaluate": ("evaluate", "generate for held-out prompts -> metrics.json (accuracy, CLIP score, LPIPS, PSNR/SSIM) + MLflow"),
-    "smoke": ("smoke", "run a few optimisation steps of every model on random tensors (checks an install)"),
+    "synth": ("tasks.synth", "write the built-in synthetic dataset: mp4 clips with sound + annotations.json"),
+    "prepare": ("tasks.prepare", "clips + annotations -> t2v/i2v pairs and the tensor cache (with a report of skipped files)"),
+    "train": ("tasks.train", "train the VAEs, then the base + upsampler denoisers (MLflow, checkpoints, --resume)"),
+    "generate": ("tasks.generate", "prompt(s) (+ optional first-frame image) -> mp4 with sound, wav and frame-grid png"),
+    "evaluate": ("tasks.evaluate", "generate for held-out prompts -> metrics.json (accuracy, CLIP score, LPIPS, PSNR/SSIM) + MLflow"),
+    "smoke": ("tasks.smoke", "run a few optimisation steps of every model on random tensors (checks an install)"),
 }
 
 EPILOG = """\
@@ -32,7 +33,7 @@ Hyperparameters come from params.yaml; override any with --set group.key=value.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: dict[str, tuple[str, str]] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinyveo",
         description="tinyveo: a small joint video + audio diffusion pipeline (text or image+text to clip with sound).",
@@ -40,12 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in SUBCOMMANDS.items():
+    for name, (module, help_text) in (commands or SUBCOMMANDS).items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
         # Argument definitions live next to the code they configure; loading them is cheap because
         # each task module defers its heavy imports into functions.
-        importlib.import_module(f"tasks.{module}").add_arguments(p)
+        importlib.import_module(module).add_arguments(p)
     return parser
 
 
@@ -76,13 +77,13 @@ def module_main(name: str, argv: Sequence[str] | None = None) -> int:
     return run_guarded(name, module.run, parser.parse_args(argv))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, commands: dict[str, tuple[str, str]] | None = None) -> int:
+    parser = build_parser(commands)
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    return run_guarded(args.command, importlib.import_module(f"tasks.{args._module}").run, args)
+    return run_guarded(args.command, importlib.import_module(args._module).run, args)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from .runtime import LazyPrefectTask, UserError
+from .runtime import LazyPrefectTask, UserError, persistent_cache
 
 
 def holdout_specs(data_dir: str | Path, limit: int) -> tuple[list, Any, Any, str]:
@@ -239,7 +239,7 @@ def log_to_mlflow(checkpoint: str | Path, out: Path, metrics: dict[str, Any], pa
     t = params["train"]
     tracker = Tracker(True, t.get("tracking_uri"), str(t["experiment"]))
     run_id = None
-    summary = Path(checkpoint) / "train_summary.json"
+    summary = Path(checkpoint) / "denoiser" / "summary.json"
     if summary.exists():
         run_id = json.loads(summary.read_text(encoding="utf-8")).get("run_id")
     try:
@@ -257,7 +257,17 @@ def log_to_mlflow(checkpoint: str | Path, out: Path, metrics: dict[str, Any], pa
         return run.info.run_id
 
 
-evaluate_task = LazyPrefectTask(evaluate, name="evaluate")
+def evaluate_key(parameters: dict) -> str:
+    from .runtime import checkpoint_files, content_digest, manifest_digest
+
+    p = parameters["params"]
+    holdout, prompts = parameters.get("holdout"), parameters.get("prompts")
+    return content_digest("evaluate", {k: p[k] for k in ("seed", "sample", "eval")}, str(parameters["out"]),
+                          manifest_digest(holdout) if holdout else None, Path(prompts) if prompts else None,
+                          *checkpoint_files(parameters["checkpoint"]))
+
+
+evaluate_task = LazyPrefectTask(evaluate, name="evaluate", **persistent_cache(evaluate_key))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .runtime import LazyPrefectTask, UserError
+from .runtime import LazyPrefectTask, UserError, persistent_cache
 
 
 @dataclass
@@ -93,7 +93,7 @@ def load_pipeline(checkpoint: str | Path, device: str | None = None):
     from .runtime import pick_device
 
     ckpt = Path(checkpoint)
-    config_path = ckpt / "config.json"
+    config_path = ckpt / "denoiser" / "config.json"
     if not ckpt.is_dir():
         raise UserError(f"{ckpt}: no such checkpoint folder (train one with `tinyveo train --out {ckpt}`)")
     if not config_path.exists():
@@ -115,7 +115,7 @@ def load_pipeline(checkpoint: str | Path, device: str | None = None):
     folder = latest_checkpoint(ckpt / "denoiser")
     if folder is None:
         raise UserError(f"{ckpt / 'denoiser'}: no denoiser checkpoint (run the denoiser stage of `tinyveo train`)")
-    targets = [(video_vae, ckpt, "video_vae"), (audio_vae, ckpt, "audio_vae"),
+    targets = [(video_vae, ckpt / "vae", "video_vae"), (audio_vae, ckpt / "vae", "audio_vae"),
                (base, folder, "base_ema"), (upsampler, folder, "upsampler_ema")]
     for module, where, name in targets:
         try:
@@ -310,7 +310,19 @@ def generate(checkpoint: str | Path, specs: Sequence[PromptSpec], out: str | Pat
     return records
 
 
-generate_task = LazyPrefectTask(generate, name="generate")
+def generate_key(parameters: dict) -> str:
+    from dataclasses import asdict
+
+    from .runtime import checkpoint_files, content_digest
+
+    specs = parameters["specs"]
+    images = [Path(s.image) for s in specs if s.image]
+    settings = {k: parameters.get(k) for k in ("steps", "guidance", "sampler", "seed", "batch_size", "view_size")}
+    return content_digest("generate", [asdict(s) for s in specs], parameters["params"]["sample"], parameters["params"]["seed"],
+                          settings, str(parameters["out"]), *images, *checkpoint_files(parameters["checkpoint"]))
+
+
+generate_task = LazyPrefectTask(generate, name="generate", **persistent_cache(generate_key))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

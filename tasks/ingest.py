@@ -145,4 +145,4 @@ def ingest(source: str | Path, annotations: str | Path) -> IngestResult:
     return result
 
 
-ingest_task = LazyPrefectTask(ingest, name="ingest")
+ingest_task = LazyPrefectTask(ingest, name="ingest", retries=2, retry_delay_seconds=[1, 4])

@@ -58,7 +58,9 @@ def _probe_all(paths: list[str], min_duration: float, cache_file: Path, workers:
     return [ProbeInfo(**known[p]["info"]) for p in paths]
 
 
-def _extract(video: str, wav: str, sample_rate: int, has_audio: bool, duration: float) -> str | None:
+def extract_clip_audio(video: str, wav: str, sample_rate: int, has_audio: bool, duration: float) -> str | None:
+    """Extract one clip's audio track to `wav`; returns None, or the reason it failed (never raises:
+    one bad clip is reported, the run goes on)."""
     from .extract_audio import extract_audio
 
     if Path(wav).exists():
@@ -79,56 +81,90 @@ def prepare(source: str | Path, annotations: str | Path, out: str | Path, params
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = PrepareReport()
-
     ingested = ingest(source, annotations)
-    report.empty_captions = ingested.empty_captions
-    report.skipped += [{"source": s.source, "record": s.index, "reason": s.reason} for s in ingested.skipped]
-
+    note_ingest(ingested, report)
     pool = process_pool(workers) if workers > 1 else None  # one pool: workers start once per run
     try:
-        return _prepare(ingested, out, params, report, workers, progress, pool)
+        probes = _probe_all([str(r.video_path) for r in ingested.records], float(c["min_duration_s"]),
+                            out / ".probe_cache.json", workers, progress, pool)
+        accepted = select_clips(ingested.records, probes, params, report)
+        jobs = audio_jobs(accepted, out, params)
+        errors = map_clips(extract_clip_audio, jobs, workers, "audio", progress, pool)
+        return finish_prepare(accepted, jobs, errors, out, params, report, workers, progress, pool)
     finally:
         if pool is not None:
             pool.shutdown()
 
 
-def _prepare(ingested, out: Path, params: dict[str, Any], report: PrepareReport, workers: int, progress: bool,
-             pool) -> PrepareReport:
-    from .cache import CacheItem, CacheSettings, write_cache
-    from .media import atomic_path, file_sha256
-    from .reorganize import PairInput, reorganize
+def note_ingest(ingested, report: PrepareReport) -> None:
+    report.empty_captions = ingested.empty_captions
+    report.skipped += [{"source": s.source, "record": s.index, "reason": s.reason} for s in ingested.skipped]
 
-    c = params["cache"]
-    probes = _probe_all([str(r.video_path) for r in ingested.records], float(c["min_duration_s"]),
-                        out / ".probe_cache.json", workers, progress, pool)
+
+def select_clips(records: list, probes: list, params: dict[str, Any], report: PrepareReport) -> list[tuple]:
+    """Keep clips that probed fine, are not duplicates (by content hash) and, when
+    cache.skip_no_audio, have audio; every other clip goes into the report with its reason."""
     first_by_hash: dict[str, str] = {}
     accepted = []
-    for rec, info in zip(ingested.records, probes):
+    for rec, info in zip(records, probes):
         if not info.ok:
             report.skipped.append({"source": rec.rel_path, "record": rec.index, "reason": info.reason})
         elif info.content_hash in first_by_hash:
             report.skipped.append({"source": rec.rel_path, "record": rec.index,
                                    "reason": f"duplicate of {first_by_hash[info.content_hash]}"})
-        elif not info.has_audio and bool(c["skip_no_audio"]):
+        elif not info.has_audio and bool(params["cache"]["skip_no_audio"]):
             report.skipped.append({"source": rec.rel_path, "record": rec.index, "reason": "no audio stream"})
         else:
             first_by_hash[info.content_hash] = rec.rel_path
             accepted.append((rec, info))
+    return accepted
 
-    audio_dir = out / "audio"
-    audio_dir.mkdir(exist_ok=True)
-    sample_rate = int(c["sample_rate"])
-    wavs = [audio_dir / f"{info.content_hash[:24]}.wav" for _, info in accepted]
-    errors = map_clips(_extract, [(str(r.video_path), str(w), sample_rate, i.has_audio, i.duration)
-                                  for (r, i), w in zip(accepted, wavs)], workers, "audio", progress, pool)
+
+def audio_jobs(accepted: list[tuple], out: Path, params: dict[str, Any]) -> list[tuple]:
+    """extract_clip_audio arguments per accepted clip; WAVs are named by content hash."""
+    audio_dir = Path(out) / "audio"
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    sample_rate = int(params["cache"]["sample_rate"])
+    return [(str(r.video_path), str(audio_dir / f"{i.content_hash[:24]}.wav"), sample_rate, i.has_audio, i.duration)
+            for r, i in accepted]
+
+
+def finish_prepare(accepted: list[tuple], jobs: list[tuple], errors: list[str | None], out: Path,
+                   params: dict[str, Any], report: PrepareReport, workers: int, progress: bool,
+                   pool=None) -> PrepareReport:
+    """Pair reorganization, tensor caching and the report, after audio extraction."""
+    from .cache import CacheSettings, write_cache
+    from .reorganize import reorganize
+
+    extracted = extracted_clips(accepted, jobs, errors, report)
+    pairs = reorganize(pair_inputs(extracted), out)
+    items = cache_items(extracted, pairs)
+    result = write_cache(items, Path(out) / "cache", CacheSettings.from_params(params), workers, progress, pool)
+    return write_report(items, result, out, report)
+
+
+def extracted_clips(accepted: list[tuple], jobs: list[tuple], errors: list[str | None],
+                    report: PrepareReport) -> list[tuple]:
+    """(record, probe, wav) for clips whose audio extraction worked; failures go into the report."""
     extracted = []
-    for (rec, info), wav, error in zip(accepted, wavs, errors):
+    for (rec, info), job, error in zip(accepted, jobs, errors):
         if error:
             report.skipped.append({"source": rec.rel_path, "record": rec.index, "reason": error})
         else:
-            extracted.append((rec, info, wav))
+            extracted.append((rec, info, Path(job[1])))
+    return extracted
 
-    pairs = reorganize([PairInput(str(r.index), r.video_path, w, r.caption, r.image_path) for r, _, w in extracted], out)
+
+def pair_inputs(extracted: list[tuple]) -> list:
+    from .reorganize import PairInput
+
+    return [PairInput(str(r.index), r.video_path, w, r.caption, r.image_path) for r, _, w in extracted]
+
+
+def cache_items(extracted: list[tuple], pairs: list) -> list:
+    """One CacheItem per reorganized pair, carrying content hashes, split and attributes."""
+    from .cache import CacheItem
+    from .media import file_sha256
 
     items = []
     for (rec, info, _), pair in zip(extracted, pairs):
@@ -140,23 +176,29 @@ def _prepare(ingested, out: Path, params: dict[str, Any], report: PrepareReport,
             image_hash=file_sha256(pair.image) if pair.image else None, split=rec.split,
             attributes=json.dumps(rec.attributes, sort_keys=True) if rec.attributes else None,
         ))
-    result = write_cache(items, out / "cache", CacheSettings.from_params(params), workers, progress, pool)
+    return items
+
+
+def write_report(items: list, result, out: str | Path, report: PrepareReport) -> PrepareReport:
+    """Fill the report from the cache result and write DATA/prepare_report.json."""
+    from .media import atomic_path
+
     report.cache_computed, report.cache_reused = result.computed, result.reused
     failed = {s for s, _ in result.failed}
     report.skipped += [{"source": s, "record": None, "reason": r} for s, r in result.failed]
-
     for item in items:
         if item.source in failed:
             continue
         report.kept.append({"id": item.id, "source": item.source, "modality": item.modality, "has_audio": item.has_audio,
                             "duration": item.duration, "fps": item.fps, "padded": result.padded[item.source],
                             "split": item.split, "content_hash": item.content_hash})
-    with atomic_path(out / "prepare_report.json") as tmp:
+    with atomic_path(Path(out) / "prepare_report.json") as tmp:
         tmp.write_text(json.dumps({"summary": report.summary(), "kept": report.kept, "skipped": report.skipped},
                                   indent=1) + "\n", encoding="utf-8")
     return report
 
 
+extract_clip_audio_task = LazyPrefectTask(extract_clip_audio, name="extract-audio", retries=2, retry_delay_seconds=[1, 4])
 prepare_task = LazyPrefectTask(prepare, name="prepare")
 
 

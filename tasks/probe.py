@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .runtime import LazyPrefectTask
+from .runtime import LazyPrefectTask, persistent_cache
 
 
 @dataclass(frozen=True)
@@ -62,4 +62,13 @@ def probe_clip(path: str | Path, min_duration: float = 0.25) -> ProbeInfo:
     return ProbeInfo(str(path), True, None, duration, fps, width, height, n, has_audio, channels, digest)
 
 
-probe_task = LazyPrefectTask(probe_clip, name="probe", retries=2, retry_delay_seconds=[1, 4])
+def probe_key(parameters: dict) -> str:
+    from pathlib import Path
+
+    from .runtime import content_digest
+
+    return content_digest("probe", Path(parameters["path"]), parameters.get("min_duration", 0.25))
+
+
+probe_task = LazyPrefectTask(probe_clip, name="probe", retries=2, retry_delay_seconds=[1, 4],
+                             **persistent_cache(probe_key))

@@ -89,4 +89,4 @@ def reorganize(items: list[PairInput], data_dir: str | Path) -> list[Pair]:
     return pairs
 
 
-reorganize_task = LazyPrefectTask(reorganize, name="reorganize")
+reorganize_task = LazyPrefectTask(reorganize, name="reorganize", retries=2, retry_delay_seconds=[1, 4])

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .runtime import LazyPrefectTask, process_pool
+from .runtime import LazyPrefectTask, persistent_cache, process_pool
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
@@ -212,7 +212,13 @@ def synth(out_dir: str | Path, num_clips: int, seed: int, size: int = 128, fps: 
     return annotations
 
 
-synth_task = LazyPrefectTask(synth, name="synth")
+def synth_key(parameters: dict) -> str:
+    from .runtime import content_digest
+
+    return content_digest("synth", {k: v for k, v in parameters.items() if k not in ("workers", "progress")})
+
+
+synth_task = LazyPrefectTask(synth, name="synth", retries=1, retry_delay_seconds=[2], **persistent_cache(synth_key))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

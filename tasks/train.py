@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .runtime import LazyPrefectTask, UserError
+from .runtime import LazyPrefectTask, UserError, persistent_cache
 
 
 class NonFiniteLossError(RuntimeError):
@@ -152,6 +152,14 @@ def git_commit() -> str:
         return "unknown"
 
 
+def clear_checkpoints(stage_dir: Path) -> None:
+    import shutil
+
+    for old in list(Path(stage_dir).glob("step-*")) + list(Path(stage_dir).glob(".step-*.tmp")):
+        shutil.rmtree(old, ignore_errors=True)
+    (Path(stage_dir) / "latest").unlink(missing_ok=True)
+
+
 @dataclass
 class StageResult:
     name: str
@@ -201,6 +209,8 @@ def run_stage(
     cursor = BatchCursor(n_items, per_rank, seed, dist.world, dist.rank)
     step, losses = 0, []
     folder = latest_checkpoint(stage_dir) if resume else None
+    if not resume:
+        clear_checkpoints(stage_dir)  # a fresh run replaces an older one (step numbers would interleave)
     if folder is not None:
         state = load_state(folder)
         for k, m in modules.items():
@@ -348,7 +358,7 @@ def train_vaes(data: dict[str, Any], manifest, cfg, params: dict[str, Any], out:
         from .media import atomic_path
 
         for name, module in (("video_vae", video_vae), ("audio_vae", audio_vae)):
-            with atomic_path(out / f"{name}.safetensors") as tmp:
+            with atomic_path(out / "vae" / f"{name}.safetensors") as tmp:
                 save_file({k: v.contiguous().cpu() for k, v in module.state_dict().items()}, str(tmp))
         tracker.metrics(result.metrics, result.steps)
     return video_vae, audio_vae, result
@@ -473,10 +483,25 @@ def write_loss_tsv(losses: list[dict[str, float]], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def write_stage_files(stage_dir: Path, params: dict[str, Any], encoder, summary: dict[str, Any], stage: str,
+                      run_id: str | None) -> None:
+    """STAGE/config.json (the params the stage ran with + encoder widths: enough to rebuild every
+    model) and STAGE/summary.json (its metrics and MLflow run id)."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / "config.json").write_text(json.dumps({"params": params, "context_dim": encoder.text_dim,
+                                                       "image_feature_dim": encoder.image_dim}, indent=1), encoding="utf-8")
+    stage_summary = {k: v for k, v in summary.items() if k != "stages"}
+    stage_summary.update({"stage": stage, **summary["stages"][stage], "run_id": run_id})
+    (stage_dir / "summary.json").write_text(json.dumps(stage_summary, indent=1) + "\n", encoding="utf-8")
+
+
 def train(data_dir: str | Path, out_dir: str | Path, params: dict[str, Any], *, resume: bool = False,
           stages: Sequence[str] = ("vae", "denoiser"), stop_after: int | None = None, progress: bool = True,
           device: str | None = None) -> dict[str, Any]:
-    """Run the requested stages; returns a summary (also written to OUT/train_summary.json)."""
+    """Run the requested stages; returns a summary. Layout of OUT: vae/ (step checkpoints, the final
+    video_vae/audio_vae weights, config.json, summary.json, loss curve) and denoiser/ (step
+    checkpoints with EMA weights, latents/, config.json, summary.json, loss curve): one folder per
+    stage, so each is a separate DVC output."""
     import torch
 
     from model import AudioVAE, ConditioningEncoder, VideoVAE, from_params
@@ -498,7 +523,10 @@ def train(data_dir: str | Path, out_dir: str | Path, params: dict[str, Any], *, 
     t = params["train"]
     tracker = Tracker(dist.main and bool(t["mlflow"]), t.get("tracking_uri"), str(t["experiment"]))
     dataset_hash = hashlib.sha256("|".join(manifest["key"]).encode()).hexdigest()[:16]
-    tracker.start("train", tags={"git_commit": git_commit(), "dataset_hash": dataset_hash})
+    # Runs are named by stage and a digest of their params, so runs with other params stand apart in
+    # the MLflow UI's comparison view.
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    tracker.start(f"train-{'+'.join(stages)}-{digest}", tags={"git_commit": git_commit(), "dataset_hash": dataset_hash})
     tracker.params(flatten(params))
     summary: dict[str, Any] = {"dataset_hash": dataset_hash, "items": len(manifest), "stages": {}}
     try:
@@ -507,11 +535,13 @@ def train(data_dir: str | Path, out_dir: str | Path, params: dict[str, Any], *, 
             video_vae, audio_vae, res = train_vaes(data, manifest, cfg, params, out, dist, tracker, resume, stop_after,
                                                     progress, dev)
             if dist.main and res.losses:
-                write_loss_tsv(res.losses, out / "loss_vae.tsv")
-                loss_curve_png(res.losses, out / "loss_vae.png", "VAE stage")
-                tracker.artifact(out / "loss_vae.png")
+                write_loss_tsv(res.losses, out / "vae" / "loss_vae.tsv")
+                loss_curve_png(res.losses, out / "vae" / "loss_vae.png", "VAE stage")
+                tracker.artifact(out / "vae" / "loss_vae.png")
             tracker.end()
             summary["stages"]["vae"] = {"steps": res.steps, "seconds": round(res.seconds, 1), **res.metrics}
+            if dist.main:
+                write_stage_files(out / "vae", params, encoder, summary, "vae", tracker.run_id)
             if stop_after is not None and res.steps < int(t["vae_steps"]):
                 return summary
         else:
@@ -519,29 +549,27 @@ def train(data_dir: str | Path, out_dir: str | Path, params: dict[str, Any], *, 
             from .checkpoint import load_weights
 
             for name, m in (("video_vae", video_vae), ("audio_vae", audio_vae)):
-                if not (out / f"{name}.safetensors").exists():
-                    raise UserError(f"{out / (name + '.safetensors')}: no trained VAE (run the vae stage first)")
-                m.load_state_dict(load_weights(out, name))
+                if not (out / "vae" / f"{name}.safetensors").exists():
+                    raise UserError(f"{out / 'vae' / (name + '.safetensors')}: no trained VAE (run the vae stage first)")
+                m.load_state_dict(load_weights(out / "vae", name))
         video_vae.requires_grad_(False).eval()
         audio_vae.requires_grad_(False).eval()
         if "denoiser" in stages:
-            latents = build_latent_cache(data, manifest, video_vae, audio_vae, encoder, out / "latents", dev,
+            latents = build_latent_cache(data, manifest, video_vae, audio_vae, encoder, out / "denoiser" / "latents", dev,
                                          write=dist.main)
             tracker.start("denoiser", nested=True)
             res = train_denoisers(latents, manifest, cfg, params, out, dist, tracker, resume, stop_after, progress, dev)
             if dist.main and res.losses:
-                write_loss_tsv(res.losses, out / "loss_denoiser.tsv")
-                loss_curve_png(res.losses, out / "loss_denoiser.png", "denoiser stage")
-                tracker.artifact(out / "loss_denoiser.png")
+                write_loss_tsv(res.losses, out / "denoiser" / "loss_denoiser.tsv")
+                loss_curve_png(res.losses, out / "denoiser" / "loss_denoiser.png", "denoiser stage")
+                tracker.artifact(out / "denoiser" / "loss_denoiser.png")
             tracker.end()
             last = res.losses[-1] if res.losses else {}
             summary["stages"]["denoiser"] = {"steps": res.steps, "seconds": round(res.seconds, 1),
                                              **{k: v for k, v in last.items() if k != "step"}}
+            if dist.main:
+                write_stage_files(out / "denoiser", params, encoder, summary, "denoiser", tracker.run_id)
         summary["run_id"] = tracker.run_id
-        if dist.main:
-            (out / "config.json").write_text(json.dumps({"params": params, "context_dim": encoder.text_dim,
-                                                          "image_feature_dim": encoder.image_dim}, indent=1), encoding="utf-8")
-            (out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     finally:
         tracker.end()
         import torch.distributed as td
@@ -551,19 +579,32 @@ def train(data_dir: str | Path, out_dir: str | Path, params: dict[str, Any], *, 
     return summary
 
 
-train_task = LazyPrefectTask(train, name="train")
+def train_key(parameters: dict) -> str:
+    """Inputs of a training call: the data (by content), the params except sampling/evaluation, the
+    stages, and for a denoiser-only call the VAE weights it starts from."""
+    from .runtime import content_digest, manifest_digest
+
+    stages = list(parameters.get("stages", ("vae", "denoiser")))
+    out = Path(parameters["out_dir"])
+    deps = [] if "vae" in stages else [out / "vae" / "video_vae.safetensors", out / "vae" / "audio_vae.safetensors"]
+    params = {k: v for k, v in parameters["params"].items() if k not in ("sample", "eval")}
+    return content_digest("train", stages, params, str(out), manifest_digest(parameters["data_dir"]),
+                          parameters.get("stop_after"), *deps)
+
+
+train_task = LazyPrefectTask(train, name="train", **persistent_cache(train_key))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="data folder written by `tinyveo prepare` (reads DATA/cache)")
-    parser.add_argument("--out", required=True, help="checkpoint folder (VAE weights, stage checkpoints, loss curves)")
+    parser.add_argument("--out", required=True, help="checkpoint folder: OUT/vae and OUT/denoiser, one per stage")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     parser.add_argument("--stages", default="vae,denoiser", help="comma list of stages to run (default: vae,denoiser)")
     parser.add_argument("--stop-after", type=int, default=None, metavar="N",
                         help="stop each stage after N more steps (checkpointed; continue later with --resume)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--metrics-dir", default=None,
-                        help="also copy train_summary.json and the loss TSVs here (DVC metrics/plots)")
+                        help="also copy each stage's summary.json (as STAGE_summary.json) and loss TSV here (DVC metrics/plots)")
     parser.add_argument("--params", default=None, help="params file (default: the repository's params.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter, e.g. --set train.denoiser_steps=500 (repeatable)")
@@ -588,9 +629,10 @@ def run(args: argparse.Namespace) -> int:
 
         target = Path(args.metrics_dir)
         target.mkdir(parents=True, exist_ok=True)
-        for name in ("train_summary.json", "loss_vae.tsv", "loss_denoiser.tsv"):
-            if (Path(args.out) / name).exists():
-                shutil.copyfile(Path(args.out) / name, target / name)
+        for stage in stages:
+            for name, copy in (("summary.json", f"{stage}_summary.json"), (f"loss_{stage}.tsv", f"loss_{stage}.tsv")):
+                if (Path(args.out) / stage / name).exists():
+                    shutil.copyfile(Path(args.out) / stage / name, target / copy)
     print(json.dumps(summary, indent=1))
     return 0
 

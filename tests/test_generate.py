@@ -129,9 +129,9 @@ def test_generate_errors_name_the_problem(trained_checkpoint, tmp_path, capsys):
     def edited_copy(name: str, edit) -> str:
         copy = tmp_path / name
         shutil.copytree(trained_checkpoint, copy)
-        config = json.loads((copy / "config.json").read_text())
+        config = json.loads((copy / "denoiser" / "config.json").read_text())
         edit(config["params"])
-        (copy / "config.json").write_text(json.dumps(config))
+        (copy / "denoiser" / "config.json").write_text(json.dumps(config))
         return str(copy)
 
     wider = edited_copy("wider", lambda p: p["denoiser"]["base"].update(dim=48))
@@ -140,7 +140,8 @@ def test_generate_errors_name_the_problem(trained_checkpoint, tmp_path, capsys):
     clip = edited_copy("clip", lambda p: p["conditioning"].update(backend="clip", clip_path=str(tmp_path / "no-clip")))
     err = _cli_error(capsys, "generate", "--checkpoint", clip, "--prompt", "x", "--out", out)
     assert "conditioning.clip_path: no checkpoint at" in err and "no-clip" in err
-    shutil.rmtree(Path(wider) / "denoiser")
+    for step in (Path(wider) / "denoiser").glob("step-*"):
+        shutil.rmtree(step)
     err = _cli_error(capsys, "generate", "--checkpoint", wider, "--prompt", "x", "--out", out)
     assert "no denoiser checkpoint" in err
 

@@ -54,12 +54,14 @@ def test_each_stage_lowers_its_loss_and_writes_artifacts(data_dir, tmp_path):
     for key in ("loss_video", "loss_upsampler"):
         before, after = first_last(json.loads(den_losses), key, k=4)
         assert after < before, key
-    for name in ("video_vae.safetensors", "audio_vae.safetensors", "loss_vae.png", "loss_denoiser.tsv", "config.json"):
+    for name in ("vae/video_vae.safetensors", "vae/audio_vae.safetensors", "vae/loss_vae.png", "vae/summary.json",
+                 "denoiser/loss_denoiser.tsv", "denoiser/config.json", "denoiser/summary.json"):
         assert (out / name).exists(), name
-    assert float(load_weights(out, "video_vae")["scaling_factor"]) != 1.0  # set from the trained latents
+    assert json.loads((out / "denoiser" / "summary.json").read_text())["steps"] == 16
+    assert float(load_weights(out / "vae", "video_vae")["scaling_factor"]) != 1.0  # set from the trained latents
     ckpt = latest_checkpoint(out / "denoiser")
     assert {p.name for p in ckpt.iterdir()} >= {"base.safetensors", "upsampler.safetensors", "base_ema.safetensors", "state.pt"}
-    assert len(list((out / "latents").glob("latents-*.safetensors"))) == 1
+    assert len(list((out / "denoiser" / "latents").glob("latents-*.safetensors"))) == 1
 
 
 def test_resume_ends_with_the_same_weights(data_dir, tmp_path):
@@ -124,13 +126,13 @@ def test_frozen_modules_stay_bit_identical(data_dir, tmp_path):
     out = tmp_path / "frozen"
     params = tiny()
     train(data_dir, out, params, stages=("vae",), progress=False)
-    before = {k: v.clone() for k, v in load_weights(out, "video_vae").items()}
+    before = {k: v.clone() for k, v in load_weights(out / "vae", "video_vae").items()}
     from model import ConditioningEncoder
 
     enc = ConditioningEncoder("minilm", None, 8)
     enc_before = {k: v.clone() for k, v in enc.state_dict().items()}
     train(data_dir, out, params, stages=("denoiser",), progress=False)
-    after = load_weights(out, "video_vae")
+    after = load_weights(out / "vae", "video_vae")
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(torch.equal(enc_before[k], v) for k, v in enc.state_dict().items())
 
@@ -142,8 +144,8 @@ def test_mlflow_run_has_metrics_params_and_artifacts(data_dir, tmp_path, monkeyp
     summary = train(data_dir, tmp_path / "ml", tiny("train.mlflow=true"), progress=False)
     con = sqlite3.connect(db)
     runs = dict(con.execute("select run_uuid, name from runs").fetchall())
-    assert sorted(runs.values()) == ["denoiser", "train", "vae"]
-    assert summary["run_id"] in runs and runs[summary["run_id"]] == "train"
+    assert sorted(runs.values())[:2] == ["denoiser", "train-vae+denoiser-" + runs[summary["run_id"]][-6:]]
+    assert sorted(runs.values())[2] == "vae" and len(runs) == 3
     keys = {k for (k,) in con.execute("select distinct key from metrics")}
     assert {"loss_video", "loss_audio", "loss_upsampler", "lr", "grad_norm", "samples_per_s", "vae_psnr_base"} <= keys
     params = dict(con.execute("select key, value from params where run_uuid = ?", (summary["run_id"],)).fetchall())

@@ -1,0 +1,168 @@
+"""DVC drives the pipeline in a temporary copy of the repository (tiny params): `dvc repro` end to
+end, a second repro does nothing, a training param re-runs only training and what follows,
+`dvc exp run -S` works, `dvc metrics show` prints the metrics. The two trained runs then appear as
+comparable runs in the MLflow UI: a real `mlflow server` on 127.0.0.1 (its whole process group
+stopped after), checked through the REST API and opened in headless Chromium (screenshot saved to
+test-artifacts/)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import TRAIN_OVERRIDES
+from tasks.params import apply_override
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = TRAIN_OVERRIDES + ["train.mlflow=true", "data.synth_num_clips=24", "data.synth_seed=1", "sample.steps=2",
+                          "eval.num_prompts=4", "eval.num_i2v=1", "eval.num_saved_samples=1", "eval.num_vae_clips=4",
+                          "train.smoke_steps=3", "train.smoke_batch_size=2"]
+
+
+def sh(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-4000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A git + DVC copy of the repository with tiny params, after one full `dvc repro`."""
+    root = tmp_path_factory.mktemp("dvc") / "repo"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file():
+            (root / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, root / f)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for o in TINY:
+        apply_override(params, o)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "dvc.lock").unlink(missing_ok=True)
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    env.pop("PYTHONPATH", None)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "tiny"]):
+        sh(cmd, root, env)
+    first = sh(["dvc", "repro"], root, env, timeout=900)
+    return root, env, first
+
+
+def test_dvc_repro_runs_every_stage_then_only_what_changed(project):
+    root, env, first = project
+    for stage in ("synth", "prepare", "train_vae", "train_denoiser", "generate", "evaluate", "smoke"):
+        assert f"Running stage '{stage}'" in first, stage
+    metrics = json.loads((root / "outputs" / "eval" / "metrics.json").read_text())
+    assert metrics["attribute_accuracy"]["count"] >= 1
+    assert (root / "checkpoints" / "denoiser" / "latest").exists() and (root / "outputs" / "samples" / "samples.jsonl").exists()
+    again = sh(["dvc", "repro"], root, env)
+    assert "Running stage" not in again and ("up to date" in again or "didn't change" in again), again
+    sh(["git", "add", "-A"], root, env)
+    sh(["git", "commit", "-qm", "first repro"], root, env)
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["denoiser_steps"] = 10
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = sh(["dvc", "repro"], root, env)
+    ran = {s for s in ("synth", "prepare", "train_vae", "train_denoiser", "generate", "evaluate", "smoke")
+           if f"Running stage '{s}'" in changed}
+    assert ran == {"train_denoiser", "generate", "evaluate"}, changed
+    shown = sh(["dvc", "metrics", "show"], root, env)
+    assert "attribute_accuracy.color.accuracy" in shown and "outputs/eval/metrics.json" in shown
+    sh(["git", "add", "-A"], root, env)
+    sh(["git", "commit", "-qm", "denoiser_steps"], root, env)
+    exp = sh(["dvc", "exp", "run", "-S", "train.denoiser_steps=12"], root, env, timeout=900)
+    assert "Running stage 'train_denoiser'" in exp and "Running stage 'train_vae'" not in exp
+    listed = sh(["dvc", "exp", "show", "--no-pager", "--csv"], root, env)
+    assert "12" in listed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)  # type: ignore[return-value]
+    raise AssertionError("headless Chromium is not installed (.ci/run installs Debian's chromium package)")
+
+
+def test_mlflow_ui_compares_the_two_pipeline_runs(project):
+    root, env, _ = project
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--default-artifact-root", str(root / "mlruns")],
+        cwd=root, env=env, stdout=open(root / "mlflow-server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 150
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline and server.poll() is None, (root / "mlflow-server.log").read_text()[-3000:]
+            time.sleep(1)
+
+        def api(path: str, body: dict | None = None) -> dict:
+            req = urllib.request.Request(f"{url}/api/2.0/mlflow/{path}", data=json.dumps(body).encode() if body else None,
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return json.loads(r.read())
+
+        exp = api("experiments/get-by-name?experiment_name=tinyveo")["experiment"]
+        runs = api("runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
+        evaluated = [r for r in runs if any(m["key"] == "attribute_accuracy.color.accuracy" for m in r["data"].get("metrics", []))]
+        # The first repro (8 denoiser steps) and the 10-step re-run: the exp run adds a third.
+        assert len(evaluated) >= 2, [r["info"]["run_name"] for r in runs]
+        pair = evaluated[:2]
+        steps = {next(p["value"] for p in r["data"]["params"] if p["key"] == "train.denoiser_steps") for r in pair}
+        assert len(steps) == 2, steps
+        for r in pair:
+            files = api(f"artifacts/list?run_id={r['info']['run_id']}&path=evaluation/samples")["files"]
+            assert any(f["path"].endswith(".mp4") for f in files)
+        names = [r["info"]["run_name"] for r in pair]
+        assert names[0] != names[1]
+
+        ids = json.dumps([r["info"]["run_id"] for r in pair])
+        page = f"{url}/#/compare-runs?runs={urllib.parse.quote(ids)}&experiments={urllib.parse.quote(json.dumps([exp['experiment_id']]))}"
+        shots = ROOT / "test-artifacts"
+        shots.mkdir(exist_ok=True)
+        base = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--virtual-time-budget=20000", "--window-size=1400,1000", f"--user-data-dir={root / '.chromium'}"]
+        subprocess.run(base + [f"--screenshot={shots / 'mlflow-compare.png'}", page], capture_output=True, timeout=180)
+        dom = subprocess.run(base + ["--dump-dom", page], capture_output=True, text=True, timeout=180).stdout
+        assert (shots / "mlflow-compare.png").stat().st_size > 10_000
+        for name in names:
+            assert name in dom, f"{name} not in the comparison page"
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(timeout=10)
+        try:  # huey workers outlive a SIGTERM to the parent: end whatever is left of the group
+            os.killpg(server.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
