@@ -42,6 +42,14 @@ def save_checkpoint(stage_dir: str | Path, step: int, weights: dict[str, dict[st
     return final
 
 
+def clear_checkpoints(stage_dir: str | Path) -> None:
+    """Remove every checkpoint of a stage folder (complete, half-written, and the pointer)."""
+    stage_dir = Path(stage_dir)
+    for old in list(stage_dir.glob("step-*")) + list(stage_dir.glob(".step-*.tmp")):
+        shutil.rmtree(old, ignore_errors=True)
+    (stage_dir / "latest").unlink(missing_ok=True)
+
+
 def latest_checkpoint(stage_dir: str | Path) -> Path | None:
     pointer = Path(stage_dir) / "latest"
     if not pointer.exists():

@@ -57,16 +57,12 @@ def _summaries(values: list[float]) -> dict[str, float] | None:
     return {"mean": float(np.mean(finite)), "mean_abs": float(np.mean(np.abs(finite))), "count": len(finite)}
 
 
-def flatten_numbers(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
+def flatten_numbers(tree: dict[str, Any]) -> dict[str, float]:
     """Numeric leaves of a nested dict as a.b.c keys (MLflow metric names)."""
-    out: dict[str, float] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten_numbers(v, key + "."))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            out[key] = float(v)
-    return out
+    from .params import flatten
+
+    return {k: float(v) for k, v in flatten(tree).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
 def evaluate(checkpoint: str | Path, out: str | Path, params: dict[str, Any], *, holdout: str | Path | None = None,
@@ -86,7 +82,7 @@ def evaluate(checkpoint: str | Path, out: str | Path, params: dict[str, Any], *,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     samples_dir = out / "samples"
-    pipe, model_params = load_pipeline(checkpoint, device)
+    pipe, _ = load_pipeline(checkpoint, device)
     settings = sample_settings(params)
     seed = int(params["seed"])
     batch = int(e["batch_size"])

@@ -105,23 +105,17 @@ def content_digest(*parts) -> str:
     import json
     from pathlib import Path
 
+    from .media import file_sha256
+
     h = hashlib.sha256()
-
-    def add_file(path: Path) -> None:
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-
     for part in parts:
         if isinstance(part, Path):
             if part.is_file():
-                h.update(b"F")
-                add_file(part)
+                h.update(b"F" + file_sha256(part).encode())
             elif part.is_dir():
                 h.update(b"D")
                 for child in sorted(p for p in part.rglob("*") if p.is_file()):
-                    h.update(str(child.relative_to(part)).encode())
-                    add_file(child)
+                    h.update(str(child.relative_to(part)).encode() + file_sha256(child).encode())
             else:
                 h.update(b"missing:" + str(part).encode())
         else:

@@ -152,14 +152,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-def clear_checkpoints(stage_dir: Path) -> None:
-    import shutil
-
-    for old in list(Path(stage_dir).glob("step-*")) + list(Path(stage_dir).glob(".step-*.tmp")):
-        shutil.rmtree(old, ignore_errors=True)
-    (Path(stage_dir) / "latest").unlink(missing_ok=True)
-
-
 @dataclass
 class StageResult:
     name: str
@@ -198,7 +190,7 @@ def run_stage(
     import torch
     from tqdm import tqdm
 
-    from .checkpoint import latest_checkpoint, load_state, load_weights, save_checkpoint
+    from .checkpoint import clear_checkpoints, latest_checkpoint, load_state, load_weights, save_checkpoint
 
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -209,7 +201,7 @@ def run_stage(
     cursor = BatchCursor(n_items, per_rank, seed, dist.world, dist.rank)
     step, losses = 0, []
     folder = latest_checkpoint(stage_dir) if resume else None
-    if not resume:
+    if not resume and dist.main:
         clear_checkpoints(stage_dir)  # a fresh run replaces an older one (step numbers would interleave)
     if folder is not None:
         state = load_state(folder)
@@ -286,19 +278,14 @@ def training_rows(manifest) -> list[int]:
     return [i for i, s in enumerate(manifest["split"].fillna("train")) if s != "holdout"] or list(range(len(manifest)))
 
 
-def psnr(a, b) -> float:
-    import torch
-
-    mse = torch.mean((a.float() - b.float()) ** 2).clamp_min(1e-10)
-    return float(10 * torch.log10(1.0 / mse))
-
-
 def train_vaes(data: dict[str, Any], manifest, cfg, params: dict[str, Any], out: Path, dist: Dist, tracker,
                resume: bool, stop_after: int | None, progress: bool, device) -> tuple[Any, Any, StageResult]:
     import torch
     import torch.nn.functional as F
 
     from model import AudioVAE, VideoVAE
+
+    from .metrics import psnr
 
     t = params["train"]
     seed = int(params["seed"])

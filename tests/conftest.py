@@ -66,6 +66,51 @@ def trained_checkpoint(prepared_data, tmp_path_factory):
     return out
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_health(url: str, proc, log, timeout: float) -> None:
+    """Poll `url` until it answers 200; fail with the server's log tail if it dies or times out."""
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.time() < deadline and proc.poll() is None, Path(log).read_text()[-3000:]
+        time.sleep(1)
+
+
+def stop_process_group(proc) -> None:
+    """End a process started with start_new_session=True and everything it spawned (server workers
+    that outlive a SIGTERM to their parent included)."""
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
+
+
 @pytest.fixture
 def params():
     return load_params()

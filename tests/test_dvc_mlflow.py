@@ -9,11 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -21,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TRAIN_OVERRIDES
+from conftest import TRAIN_OVERRIDES, free_port, stop_process_group, wait_for_health
 from tasks.params import apply_override
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,12 +87,6 @@ def test_dvc_repro_runs_every_stage_then_only_what_changed(project):
     assert "12" in listed
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(name):
@@ -112,16 +103,7 @@ def test_mlflow_ui_compares_the_two_pipeline_runs(project):
          "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--default-artifact-root", str(root / "mlruns")],
         cwd=root, env=env, stdout=open(root / "mlflow-server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.time() + 150
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline and server.poll() is None, (root / "mlflow-server.log").read_text()[-3000:]
-            time.sleep(1)
+        wait_for_health(f"{url}/health", server, root / "mlflow-server.log", 150)
 
         def api(path: str, body: dict | None = None) -> dict:
             req = urllib.request.Request(f"{url}/api/2.0/mlflow/{path}", data=json.dumps(body).encode() if body else None,
@@ -155,14 +137,4 @@ def test_mlflow_ui_compares_the_two_pipeline_runs(project):
         for name in names:
             assert name in dom, f"{name} not in the comparison page"
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(timeout=10)
-        try:  # huey workers outlive a SIGTERM to the parent: end whatever is left of the group
-            os.killpg(server.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_process_group(server)  # huey workers outlive a SIGTERM to the parent

@@ -6,27 +6,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-import pytest
-
-from conftest import TRAIN_OVERRIDES
+from conftest import TRAIN_OVERRIDES, free_port, stop_process_group, wait_for_health
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = TRAIN_OVERRIDES + ["data.synth_num_clips=24", "data.synth_seed=1", "sample.steps=2", "eval.num_prompts=4",
                           "eval.num_i2v=1", "eval.num_saved_samples=1", "eval.num_vae_clips=4", "cache.workers=1"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prefect_env(tmp: Path, **extra: str) -> dict[str, str]:
@@ -36,20 +25,6 @@ def prefect_env(tmp: Path, **extra: str) -> dict[str, str]:
     env.pop("PREFECT_API_URL", None)
     env.update(extra)
     return env
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """End a process started with start_new_session=True and everything it spawned."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
 
 
 def test_pipeline_cli_runs_end_to_end_and_the_second_run_is_cached(tmp_path):
@@ -84,16 +59,7 @@ def test_served_deployment_runs_through_a_real_prefect_server(tmp_path):
                               stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     served = None
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{api}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline and server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            time.sleep(1)
+        wait_for_health(f"{api}/health", server, tmp_path / "server.log", 120)
         served = subprocess.Popen([sys.executable, "-m", "flows.deploy"], cwd=tmp_path, env=env,
                                   stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
         prefect = [sys.executable, "-m", "prefect"]
@@ -114,6 +80,6 @@ def test_served_deployment_runs_through_a_real_prefect_server(tmp_path):
         assert "attribute_accuracy" in metrics and (tmp_path / "checkpoints" / "vae" / "video_vae.safetensors").exists()
     finally:
         if served is not None:
-            stop(served)
-        stop(server)
+            stop_process_group(served)
+        stop_process_group(server)
     assert server.poll() is not None and (served is None or served.poll() is not None)

@@ -16,8 +16,6 @@ import torch
 
 from tasks.checkpoint import latest_checkpoint, load_state, load_weights
 from tasks.params import load_params
-from tasks.prepare import prepare
-from tasks.synth import synth
 from tasks.train import NonFiniteLossError, train
 
 from conftest import TRAIN_OVERRIDES
@@ -25,12 +23,10 @@ from conftest import TRAIN_OVERRIDES
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train-data")
-    ann = synth(root / "raw", num_clips=16, seed=5, workers=2, progress=False)
-    prepare(root / "raw", ann, root / "data", load_params(), workers=2, progress=False)
-    return root / "data"
+@pytest.fixture
+def data_dir(prepared_data):
+    """The session's prepared built-in clips (conftest), read-only here: training writes elsewhere."""
+    return prepared_data
 
 
 def tiny(*extra: str):
