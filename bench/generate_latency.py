@@ -1,7 +1,10 @@
 """Benchmark: seconds per generated clip (base + upsampler + VAE decoders) for each sampler and step
 count, at batch 1 and batch 8, with the attribute accuracy each setting reaches on held-out prompts.
 Ratios are against the article's setting (DDPM, 50 steps per stage), measured in the same run on the
-same trained checkpoint. Not a test.
+same trained checkpoint, and against the article's own pipeline (bench/reference: its denoisers at its
+default width 256, 50 + 50 DDPM steps, no guidance, its VAE decoders), timed in the same run. The
+article's model is not trained here (timing does not depend on the weights); its accuracy is in
+bench/quality.py. Not a test.
 
     scripts/env.sh python bench/generate_latency.py --checkpoint checkpoints --data data
     scripts/env.sh python bench/generate_latency.py --settings dpm:10,dpm:20,ddpm:50 --prompts 48
@@ -25,8 +28,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="checkpoints")
     parser.add_argument("--data", default="data", help="prepared data folder (held-out prompts)")
-    parser.add_argument("--settings", default="dpm:10,dpm:20,ddim:20,ddim:50,ddpm:50",
-                        help="comma list of sampler:steps (the last ddpm:50 is the article's setting)")
+    parser.add_argument("--settings", default="dpm:10/5,dpm:10,dpm:20,ddim:20,ddpm:50",
+                        help="comma list of sampler:steps[/upsampler_steps] (ddpm:50 is the article's setting)")
     parser.add_argument("--prompts", type=int, default=24, help="held-out prompts per setting for accuracy")
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--repeats", type=int, default=3, help="timed batch-1 clips per setting (median)")
@@ -36,26 +39,54 @@ def main() -> None:
     pipe, _ = load_pipeline(args.checkpoint)
     specs, _, _, split = holdout_specs(args.data, args.prompts)
     prompts = [s.prompt for s in specs]
-    settings = [(s.split(":")[0], int(s.split(":")[1])) for s in args.settings.split(",")]
+    def parse(setting: str) -> tuple[str, int, int]:
+        sampler, steps = setting.split(":")
+        base, _, up = steps.partition("/")
+        return sampler, int(base), int(up or base)
+
+    settings = [parse(s) for s in args.settings.split(",")]
     pipe.generate_content(prompts[:1], steps=2)  # warm-up (first-call allocations, lazy imports)
 
     rows = []
-    for sampler, steps in settings:
+    for sampler, steps, up_steps in settings:
         one = []
         for r in range(args.repeats):
             t0 = time.perf_counter()
-            pipe.generate_content(prompts[r % len(prompts)], steps=steps, sampler=sampler, guidance=args.guidance, seed=r)
+            pipe.generate_content(prompts[r % len(prompts)], steps=steps, sampler=sampler, guidance=args.guidance, seed=r,
+                                  upsampler_steps=up_steps)
             one.append(time.perf_counter() - t0)
         detected, t8 = [], []
         for k in range(0, len(prompts), 8):
             t0 = time.perf_counter()
-            out = pipe.generate_content(prompts[k:k + 8], steps=steps, sampler=sampler, guidance=args.guidance, seed=k)
+            out = pipe.generate_content(prompts[k:k + 8], steps=steps, sampler=sampler, guidance=args.guidance, seed=k,
+                                        upsampler_steps=up_steps)
             t8.append((time.perf_counter() - t0) / len(prompts[k:k + 8]))
             detected += [detect_all(out.video[i].permute(1, 2, 3, 0).numpy(), out.audio[i].numpy(), out.sample_rate)
                          for i in range(out.video.shape[0])]
         acc = attribute_accuracy(detected, [s.attributes for s in specs], CHANCE)
-        rows.append({"setting": f"{sampler}:{steps}", "s_per_clip_b1": float(np.median(one)),
+        name = f"{sampler}:{steps}" + (f"/{up_steps}" if up_steps != steps else "")
+        rows.append({"setting": name, "s_per_clip_b1": float(np.median(one)),
                      "s_per_clip_b8": float(np.median(t8)), **{k: v["accuracy"] for k, v in acc.items()}})
+
+    # The article's pipeline, timed the same way (batch 1 repeats, then batches of 8).
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from reference.loop import ArticleModel, generate_content
+
+    article = ArticleModel(pipe.encoder)
+    generate_content(article, prompts[:1], steps=2)
+    one, t8 = [], []
+    for r in range(args.repeats):
+        t0 = time.perf_counter()
+        generate_content(article, prompts[r % len(prompts)], generator=torch.Generator().manual_seed(r))
+        one.append(time.perf_counter() - t0)
+    for k in range(0, min(len(prompts), 16), 8):
+        t0 = time.perf_counter()
+        generate_content(article, prompts[k:k + 8], generator=torch.Generator().manual_seed(k))
+        t8.append((time.perf_counter() - t0) / len(prompts[k:k + 8]))
+    article_row = {"s_per_clip_b1": float(np.median(one)), "s_per_clip_b8": float(np.median(t8))}
 
     ref = next((r for r in rows if r["setting"] == "ddpm:50"), rows[-1])
     print(f"# generate latency  torch {torch.__version__}  threads {torch.get_num_threads()}  {platform.processor() or platform.machine()}")
@@ -66,6 +97,13 @@ def main() -> None:
         print(f"{r['setting']:<10} {r['s_per_clip_b1']:>9.3f} {r['s_per_clip_b8']:>9.3f} "
               f"{ref['s_per_clip_b1'] / r['s_per_clip_b1']:>6.1f} {ref['s_per_clip_b8'] / r['s_per_clip_b8']:>6.1f} "
               + " ".join(f"{r[k]:>9.2f}" for k in keys))
+    print(f"{'article':<10} {article_row['s_per_clip_b1']:>9.3f} {article_row['s_per_clip_b8']:>9.3f} "
+          f"{ref['s_per_clip_b1'] / article_row['s_per_clip_b1']:>6.1f} {ref['s_per_clip_b8'] / article_row['s_per_clip_b8']:>6.1f}"
+          "   (the article's pipeline: ddpm 50 + 50, no guidance; accuracy: bench/quality.py)")
+    print("# speed-up of each tinyveo setting over the article's pipeline (s/clip article / s/clip setting):")
+    for r in rows:
+        print(f"#   {r['setting']:<10} b1 {article_row['s_per_clip_b1'] / r['s_per_clip_b1']:>6.1f}x   "
+              f"b8 {article_row['s_per_clip_b8'] / r['s_per_clip_b8']:>6.1f}x")
     print("chance     " + " " * 40 + " ".join(f"{CHANCE.get(k, np.prod(list(CHANCE.values()))):>9.2f}" for k in keys))
 
 

@@ -1,7 +1,14 @@
 """Benchmark: training throughput of the VAE and denoiser stages on the prepared cache: samples/s,
-the share of step time spent assembling batches (data wait), and peak RSS. Not a test.
+the share of step time spent assembling batches (data wait), and peak RSS; then tinyveo's denoiser
+step against the article's (bench/reference) at identical width, depth, heads and batch, timed in
+alternating rounds in this one run. Not a test.
 
-    scripts/env.sh python bench/train_throughput.py --data data [--steps 40]
+    scripts/env.sh python bench/train_throughput.py --data data [--steps 40] [--compare-steps 20]
+
+The comparison times two things for each model: the denoiser step alone (noise, forward and backward
+of base + upsampler, clipping, AdamW) on latents of each model's own shapes, and the whole training
+step as each loop runs it: the article re-encodes video, audio and captions through the VAEs and the
+text encoder every step, tinyveo reads cached latents and caption states.
 """
 from __future__ import annotations
 
@@ -13,6 +20,112 @@ import time
 from pathlib import Path
 
 
+def _timed(fn, rounds: int, steps: int) -> list[float]:
+    """fn() once per step; `rounds` blocks of `steps`, each block's mean seconds per step."""
+    import time as _t
+
+    out = []
+    for _ in range(rounds):
+        t0 = _t.perf_counter()
+        for _ in range(steps):
+            fn()
+        out.append((_t.perf_counter() - t0) / steps)
+    return out
+
+
+def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int = 3) -> None:
+    """tinyveo vs the article's denoiser at identical dims and batch, alternating rounds."""
+    import statistics
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from reference.article import ReferenceConfig
+    from reference.loop import ArticleModel, collate, _ArticleDataset
+    from model import (ConditioningEncoder, JointDenoisingTransformer, TextEmbedding, base_denoiser_loss,
+                       from_params, noise_schedulers, upsampler_loss)
+    from tasks.dataset import MultiModalDataset
+
+    torch.manual_seed(0)
+    c, d, t = params["conditioning"], params["diffusion"], params["train"]
+    batch = int(t["batch_size"])
+    encoder = ConditioningEncoder(c["backend"], c.get(f"{c['backend']}_path"), int(c["max_text_tokens"]))
+    cfg = from_params(params, context_dim=encoder.text_dim)
+    b_cfg = cfg.base
+    # tinyveo: base + upsampler, cached latents and caption states (random here: shapes are what counts).
+    base, up = JointDenoisingTransformer(cfg.base), JointDenoisingTransformer(cfg.upsampler)
+    tv_params = list(base.parameters()) + list(up.parameters())
+    tv_opt = torch.optim.AdamW(tv_params, lr=1e-4)
+    sched, up_sched = noise_schedulers(d)
+    L = b_cfg.max_text_tokens
+    ctx = TextEmbedding(torch.randn(batch, encoder.text_dim), torch.randn(batch, L, encoder.text_dim),
+                        torch.ones(batch, L, dtype=torch.bool))
+    v_base, v_up = torch.randn(batch, *cfg.base.video_latent_shape), torch.randn(batch, *cfg.upsampler.video_latent_shape)
+    aud = torch.randn(batch, *cfg.base.audio_latent_shape)
+    img_b, img_u = torch.randn(batch, *cfg.base.image_latent_shape), torch.randn(batch, *cfg.upsampler.image_latent_shape)
+    has_image = torch.rand(batch) < 0.25
+
+    def tinyveo_step() -> None:
+        tv_opt.zero_grad(set_to_none=True)
+        loss = base_denoiser_loss(base, sched, v_base, aud, ctx, 0.1, image_latent=img_b, has_image=has_image).total
+        loss = loss + upsampler_loss(up, up_sched, v_up, v_base, ctx, 250, 0.1, image_latent=img_u, has_image=has_image)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tv_params, 1.0)
+        tv_opt.step()
+
+    # The article's model at the same width/depth/heads, its own latent shapes and loss.
+    ref = ArticleModel(encoder, ReferenceConfig(dim=b_cfg.dim, depth=b_cfg.depth, heads=b_cfg.heads,
+                                                text_dim=encoder.text_dim))
+    ref_params = list(ref.parameters())
+    ref_opt = torch.optim.AdamW(ref_params, lr=1e-4)
+    mse = torch.nn.MSELoss()
+    items = _ArticleDataset(MultiModalDataset(data_dir / "cache", split="train"))
+    real = collate([items[i] for i in range(batch)])
+    with torch.no_grad():
+        r_base, r_up = ref.video_vae.encode(real["video_base"]), ref.video_vae.encode(real["video_upsampled"])
+        r_aud, r_ctx = ref.audio_vae.encode(real["audio"]), ref.context(real["raw_caption"])
+
+    def reference_step(encode: bool) -> None:
+        ref_opt.zero_grad(set_to_none=True)
+        lat_b, lat_u, lat_a, context = r_base, r_up, r_aud, r_ctx
+        if encode:  # the article's loop: every step through the VAEs and the text encoder
+            with torch.no_grad():
+                lat_b, lat_u = ref.video_vae.encode(real["video_base"]), ref.video_vae.encode(real["video_upsampled"])
+                lat_a, context = ref.audio_vae.encode(real["audio"]), ref.context(real["raw_caption"])
+        ts = torch.randint(0, 1000, (batch,)).long()
+        n_b, n_a, n_u = torch.randn_like(lat_b), torch.randn_like(lat_a), torch.randn_like(lat_u)
+        x_b = ref.noise_scheduler.add_noise(lat_b, n_b, ts)
+        x_a = ref.noise_scheduler.add_noise(lat_a, n_a, ts)
+        p_b, p_a = ref.base_denoiser(x_b, x_a, ts, context)
+        p_u, _ = ref.upsampler_denoiser(ref.noise_scheduler.add_noise(lat_u, n_u, ts), torch.zeros_like(x_a), ts, context,
+                                        low_res_video=x_b)
+        loss = mse(p_b, n_b) + mse(p_a, n_a) + mse(p_u, n_u)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ref_params, 1.0)
+        ref_opt.step()
+
+    for fn in (tinyveo_step, lambda: reference_step(False), lambda: reference_step(True)):
+        fn()  # warm-up
+    tv, ref_den, ref_full = [], [], []
+    for _ in range(rounds):  # alternate so both see the same background load
+        tv += _timed(tinyveo_step, 1, steps)
+        ref_den += _timed(lambda: reference_step(False), 1, steps)
+        ref_full += _timed(lambda: reference_step(True), 1, steps)
+    m_tv, m_den, m_full = (statistics.median(x) for x in (tv, ref_den, ref_full))
+    n = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+    print(f"\n# denoiser vs the article's at identical dims: width {b_cfg.dim}, depth {b_cfg.depth}, heads "
+          f"{b_cfg.heads}, batch {batch}; median of {rounds} alternating rounds of {steps} steps")
+    print(f"{'model':<44}{'params (M)':>11}{'s/step':>9}{'samples/s':>11}{'tinyveo x':>11}")
+    rows = [
+        (f"tinyveo denoisers (base {cfg.base.video_latent_shape} + up)", n(base) + n(up), m_tv),
+        ("article denoisers, latents given", n(ref.base_denoiser) + n(ref.upsampler_denoiser), m_den),
+        ("article loop step (re-encodes VAEs + text)", n(ref.base_denoiser) + n(ref.upsampler_denoiser), m_full),
+    ]
+    for name, params_m, sec in rows:
+        print(f"{name:<44}{params_m:>11.2f}{sec:>9.3f}{batch / sec:>11.1f}{sec / m_tv:>10.2f}x")
+
+
 def main() -> None:
     import torch
 
@@ -22,7 +135,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data")
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--compare-steps", type=int, default=10, help="steps per round of the reference comparison")
+    parser.add_argument("--compare-only", action="store_true", help="skip the stage throughput part")
     args = parser.parse_args()
+    if args.compare_only:
+        compare_with_reference(load_params(), Path(args.data), args.compare_steps)
+        return
     params = load_params(overrides=[f"train.vae_steps={args.steps}", f"train.denoiser_steps={args.steps}",
                                     "train.mlflow=false", f"train.checkpoint_every={10**9}"])
     t = params["train"]
@@ -45,6 +163,7 @@ def main() -> None:
         per_step = s["seconds"] / s["steps"]
         print(f"{stage:<10}{batch:>7}{s['steps']:>7}{per_step:>9.3f}{batch / per_step:>11.1f}{data_s / per_step:>10.1%}")
     print(f"peak RSS: {rss_gb:.2f} GB")
+    compare_with_reference(params, Path(args.data), args.compare_steps)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from .diffusion import (
     SAMPLERS,
     base_denoiser_loss,
     make_noise_scheduler,
+    noise_schedulers,
     make_sampler,
     sample_latents,
     upsampler_loss,
@@ -30,6 +31,6 @@ __all__ = [
     "AudioVAE", "AudioVAEConfig", "ConditioningEncoder", "DenoiserConfig", "DiagonalGaussian", "FinalLayer", "GeneratedContent",
     "InputProjector", "JointDenoisingTransformer", "MissingCheckpointError", "ModelConfig", "OutputProjector",
     "PatchTransformer", "SAMPLERS", "TextEmbedding", "TimestepEmbedding", "TinyVeo", "TokenBuilder", "TransformerBlock",
-    "VideoVAE", "VideoVAEConfig", "base_denoiser_loss", "from_params", "make_noise_scheduler", "make_sampler",
+    "VideoVAE", "VideoVAEConfig", "base_denoiser_loss", "from_params", "make_noise_scheduler", "make_sampler", "noise_schedulers",
     "sample_latents", "upsampler_loss",
 ]

@@ -63,6 +63,9 @@ class DenoiserConfig:
     context_dim: int = 384        # width of the text encoder's pooled vector and token states
     image_feature_dim: int = 0    # CLIP image feature width; 0 when the backend has none
     max_text_tokens: int = 32
+    # Self-attention layers over the caption tokens before they join the sequence and are pooled into
+    # the adaLN condition (0: projection and attention pooling only).
+    text_refiner_depth: int = 0
     video_seconds: float = 2.0    # both modalities span the same window: shared time positions
 
     @property
@@ -134,6 +137,7 @@ def _denoiser(
         context_dim=context_dim,
         image_feature_dim=image_feature_dim,
         max_text_tokens=max_text_tokens,
+        text_refiner_depth=int(p.get("text_refiner_depth") or 0),
         video_seconds=seconds,
     )
 

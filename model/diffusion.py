@@ -2,7 +2,8 @@
 cascaded sampler.
 
 Fixes to the article:
-- The diffusion target follows the scheduler's prediction_type (v-prediction by default).
+- The diffusion target follows the scheduler's prediction_type (x0, "sample", by default; each model may
+  have its own: `noise_schedulers`).
 - Condition dropout during training and classifier-free guidance at sampling.
 - The upsampler is trained on a noised low-res latent whose level is an input, and sampled with
   the clean base latent noised to a fixed level: the same distribution in both (the article
@@ -13,6 +14,7 @@ Fixes to the article:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,15 @@ def make_noise_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "
         num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
         prediction_type=prediction_type, clip_sample=False,
     )
+
+
+def noise_schedulers(diffusion: Mapping[str, Any]) -> tuple[Any, Any]:
+    """(base, upsampler) training schedulers from params.yaml's `diffusion` group: one schedule, and
+    each model's own prediction target (`upsampler_prediction_type`, default the base's)."""
+    kind = diffusion["prediction_type"]
+    up_kind = diffusion.get("upsampler_prediction_type") or kind
+    n, schedule = int(diffusion["num_train_timesteps"]), diffusion["beta_schedule"]
+    return make_noise_scheduler(n, schedule, kind), make_noise_scheduler(n, schedule, up_kind)
 
 
 def make_sampler(name: str, train_scheduler):

@@ -39,12 +39,15 @@ class TinyVeo(nn.Module):
     `tasks.generate.load_pipeline`; this class reads no files."""
 
     def __init__(self, config: ModelConfig, encoder: ConditioningEncoder, video_vae: VideoVAE, audio_vae: AudioVAE,
-                 base: JointDenoisingTransformer, upsampler: JointDenoisingTransformer, train_scheduler, fps: float):
+                 base: JointDenoisingTransformer, upsampler: JointDenoisingTransformer, train_scheduler, fps: float,
+                 upsampler_scheduler=None):
         super().__init__()
         self.config = config
         self.encoder, self.video_vae, self.audio_vae = encoder, video_vae, audio_vae
         self.base, self.upsampler = base, upsampler
         self.train_scheduler = train_scheduler
+        # The upsampler may predict another target (x0 by default: see params.yaml) on the same schedule.
+        self.upsampler_scheduler = upsampler_scheduler or train_scheduler
         self.fps = float(fps)
         self.requires_grad_(False)
         self.eval()
@@ -105,7 +108,7 @@ class TinyVeo(nn.Module):
             generator=generator, **image.get("base", {}),
         )
         up_video, _ = sample_latents(
-            self.upsampler, self.train_scheduler, context, sampler=sampler, steps=upsampler_steps or steps,
+            self.upsampler, self.upsampler_scheduler, context, sampler=sampler, steps=upsampler_steps or steps,
             guidance=guidance, generator=generator, low_res_video=base_video,
             low_res_noise_level=upsampler_noise_level, **image.get("upsampler", {}),
         )

@@ -87,7 +87,7 @@ def load_pipeline(checkpoint: str | Path, device: str | None = None):
     import torch
 
     from model import (AudioVAE, ConditioningEncoder, JointDenoisingTransformer, TinyVeo, VideoVAE, from_params,
-                       make_noise_scheduler)
+                       noise_schedulers)
 
     from .checkpoint import latest_checkpoint, load_weights
     from .runtime import pick_device
@@ -126,10 +126,9 @@ def load_pipeline(checkpoint: str | Path, device: str | None = None):
             first = str(exc).strip().splitlines()
             detail = " ".join(line.strip() for line in first[:3])
             raise UserError(f"{Path(where) / (name + '.safetensors')}: incompatible with {config_path} ({detail[:300]})") from exc
-    d = params["diffusion"]
-    scheduler = make_noise_scheduler(int(d["num_train_timesteps"]), d["beta_schedule"], d["prediction_type"])
+    scheduler, up_scheduler = noise_schedulers(params["diffusion"])
     fps = params["cache"]["num_frames"] / params["cache"]["window_s"]
-    pipe = TinyVeo(cfg, encoder, video_vae, audio_vae, base, upsampler, scheduler, fps).to(dev)
+    pipe = TinyVeo(cfg, encoder, video_vae, audio_vae, base, upsampler, scheduler, fps, up_scheduler).to(dev)
     return pipe, params
 
 
@@ -243,11 +242,14 @@ def sample_settings(params: dict[str, Any], steps: int | None = None, guidance: 
     out = {"steps": int(steps if steps is not None else s["steps"]),
            "guidance": float(guidance if guidance is not None else s["guidance"]),
            "sampler": str(sampler or s["sampler"]),
-           "upsampler_noise_level": int(s["upsampler_noise_level"])}
+           "upsampler_noise_level": int(s["upsampler_noise_level"]),
+           "upsampler_steps": int(s.get("upsampler_steps") or 0) or None}
     if out["sampler"] not in SAMPLERS:
         raise UserError(f"sampler must be one of {', '.join(SAMPLERS)}, got {out['sampler']!r}")
     if out["steps"] < 1:
         raise UserError(f"steps must be at least 1, got {out['steps']}")
+    if out["upsampler_steps"] is not None and out["upsampler_steps"] < 1:
+        raise UserError(f"sample.upsampler_steps must be at least 1 (or null: as steps), got {out['upsampler_steps']}")
     return out
 
 

@@ -47,7 +47,7 @@ def run_smoke(
 
     from model import (
         AudioVAE, ConditioningEncoder, JointDenoisingTransformer, TextEmbedding, VideoVAE,
-        base_denoiser_loss, from_params, make_noise_scheduler, upsampler_loss,
+        base_denoiser_loss, from_params, noise_schedulers, upsampler_loss,
     )
 
     from .runtime import pick_device, seed_everything
@@ -70,7 +70,7 @@ def run_smoke(
         context = TextEmbedding(tokens.mean(1), tokens, mask).to(dev)
     cfg = from_params(params, context_dim=context_dim)
     diff = params["diffusion"]
-    scheduler = make_noise_scheduler(int(diff["num_train_timesteps"]), diff["beta_schedule"], diff["prediction_type"])
+    scheduler, up_scheduler = noise_schedulers(diff)
 
     g = torch.Generator().manual_seed(seed + 1)
     video_base = torch.rand(batch_size, 3, cfg.num_frames, cfg.base_size, cfg.base_size, generator=g).to(dev)
@@ -93,7 +93,7 @@ def run_smoke(
             "video_vae": torch.nn.functional.mse_loss(recon_v, video_base) + cfg.video_vae.kl_weight * dist_v.kl(),
             "audio_vae": torch.nn.functional.mse_loss(recon_a, target_a) + cfg.audio_vae.kl_weight * dist_a.kl(),
             "base": b.total,
-            "upsampler": upsampler_loss(upsampler, scheduler, up_latent, base_latent, context, max_aug, dropout, gen),
+            "upsampler": upsampler_loss(upsampler, up_scheduler, up_latent, base_latent, context, max_aug, dropout, gen),
         }
 
     def evaluate() -> dict[str, float]:

@@ -408,12 +408,12 @@ def train_denoisers(latents: dict[str, Any], manifest, cfg, params: dict[str, An
                     resume: bool, stop_after: int | None, progress: bool, device) -> StageResult:
     import torch
 
-    from model import JointDenoisingTransformer, TextEmbedding, base_denoiser_loss, make_noise_scheduler, upsampler_loss
+    from model import JointDenoisingTransformer, TextEmbedding, base_denoiser_loss, noise_schedulers, upsampler_loss
 
     t, d = params["train"], params["diffusion"]
     seed = int(params["seed"])
     torch.manual_seed(seed + 1)
-    scheduler = make_noise_scheduler(int(d["num_train_timesteps"]), d["beta_schedule"], d["prediction_type"])
+    scheduler, up_scheduler = noise_schedulers(d)
     modules: dict[str, Any] = {"base": JointDenoisingTransformer(cfg.base).to(device),
                                "upsampler": JointDenoisingTransformer(cfg.upsampler).to(device)}
     if dist.world > 1:
@@ -421,6 +421,9 @@ def train_denoisers(latents: dict[str, Any], manifest, cfg, params: dict[str, An
 
         modules = {k: DDP(m, find_unused_parameters=True) for k, m in modules.items()}
     train_idx = training_rows(manifest)
+    rows = torch.tensor(train_idx)
+    for m in modules.values():
+        _unwrap(m).set_text_statistics(latents["text_pooled"][rows], latents["text_tokens"][rows], latents["text_mask"][rows])
     dropout, max_aug = float(d["cond_dropout"]), int(d["upsampler_max_noise_aug"])
     feats = latents.get("image_features")
 
@@ -432,7 +435,7 @@ def train_denoisers(latents: dict[str, Any], manifest, cfg, params: dict[str, An
         image_features = feats[rows].to(device) if feats is not None else None
         base = base_denoiser_loss(modules["base"], scheduler, get("video_base"), get("audio"), ctx, dropout, gen,
                                   image_latent=get("image_base"), has_image=has_image, image_features=image_features)
-        up = upsampler_loss(modules["upsampler"], scheduler, get("video_upsampled"), get("video_base"), ctx, max_aug,
+        up = upsampler_loss(modules["upsampler"], up_scheduler, get("video_upsampled"), get("video_base"), ctx, max_aug,
                             dropout, gen, image_latent=get("image_upsampled"), has_image=has_image,
                             image_features=image_features)
         return {"loss_video": base.video, "loss_audio": base.audio, "loss_upsampler": up}

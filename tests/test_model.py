@@ -262,3 +262,54 @@ def test_upsampler_requires_its_low_res_input(tiny_params):
     hr = torch.randn(1, *cfg.upsampler.video_latent_shape)
     with pytest.raises(ValueError, match="low_res_video"):
         up(hr, None, torch.tensor([5]), random_context(1, cfg.base.max_text_tokens))
+
+
+def test_caption_word_order_reaches_the_condition(tiny_params):
+    """Mean pooling cannot tell "from left to right" from "from right to left"; the refiner can."""
+    from model.denoiser import TextRefiner
+
+    torch.manual_seed(0)
+    refiner = TextRefiner(context_dim=16, dim=32, heads=2, depth=1, max_tokens=8).eval()
+    tokens = torch.randn(1, 8, 16)
+    swapped = tokens.clone()
+    swapped[:, [2, 4]] = tokens[:, [4, 2]]
+    mask = torch.tensor([[True] * 6 + [False] * 2])
+    assert torch.allclose(tokens[mask].mean(0), swapped[mask].mean(0), atol=1e-6)
+    _, pooled = refiner(tokens, mask)
+    _, pooled_swapped = refiner(swapped, mask)
+    assert not torch.allclose(pooled, pooled_swapped, atol=1e-3)
+    # Padding is ignored: changing what sits in padded positions changes nothing.
+    padded = tokens.clone()
+    padded[:, 6:] = 100.0
+    assert torch.allclose(refiner(padded, mask)[1], pooled, atol=1e-5)
+
+
+def test_text_statistics_standardise_and_travel_with_the_weights(tiny_params):
+    cfg = from_params(tiny_params)
+    ctx = random_context(64, cfg.base.max_text_tokens, valid=5)
+    pooled = ctx.pooled * 3 + 7
+    model = _perturbed(JointDenoisingTransformer(cfg.base)).eval()
+    model.set_text_statistics(pooled, ctx.tokens * 2 - 1, ctx.mask)
+    p = model.input_proj
+    standardised = (pooled - p.pooled_mean) / p.pooled_std
+    assert torch.allclose(standardised.mean(0), torch.zeros(384), atol=1e-4)
+    assert torch.allclose(standardised.std(0), torch.ones(384), atol=1e-4)
+    copy = JointDenoisingTransformer(cfg.base).eval()
+    copy.load_state_dict(model.state_dict())  # the statistics are part of the saved weights
+    video, audio, t, one = base_inputs(cfg)
+    assert torch.equal(copy(video, audio, t, one)[0], model(video, audio, t, one)[0])
+
+
+def test_each_model_has_its_own_prediction_target():
+    from model import noise_schedulers
+    from model.diffusion import diffusion_target
+
+    d = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction",
+         "upsampler_prediction_type": None}
+    base, up = noise_schedulers(d)
+    assert base.config.prediction_type == up.config.prediction_type == "v_prediction"
+    base, up = noise_schedulers({**d, "upsampler_prediction_type": "sample"})
+    assert (base.config.prediction_type, up.config.prediction_type) == ("v_prediction", "sample")
+    x0, noise, t = torch.randn(2, 4), torch.randn(2, 4), torch.tensor([10, 900])
+    assert torch.equal(diffusion_target(up, x0, noise, t), x0)
+    assert not torch.allclose(diffusion_target(base, x0, noise, t), x0)

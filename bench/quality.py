@@ -1,0 +1,132 @@
+"""Benchmark: what tinyveo's default training budget buys vs the article's model given the same wall
+clock, on the built-in dataset. Prints attribute accuracy per attribute and all-four-correct on the
+held-out prompts (chance beside), and VAE reconstruction PSNR, for both. Not a test.
+
+    scripts/env.sh python bench/quality.py --data data
+    scripts/env.sh python bench/quality.py --data data --tinyveo-checkpoint checkpoints   # reuse a default run
+
+Without --tinyveo-checkpoint, tinyveo is trained here with params.yaml (both stages) and its wall
+clock (data loading, VAE stage, latent cache, denoiser stage) becomes the reference's budget. With it,
+the budget is the sum of the stage times recorded in that checkpoint's summaries (the latent-cache
+build is then not counted, which favours the reference). The reference is bench/reference/: the
+article's model and loop over the same tensor cache and the same text encoder (pooled MiniLM).
+Both are sampled for the same held-out prompts: tinyveo with params.yaml's sampler, the reference
+with the article's 50 + 50 DDPM steps.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+
+def reference_metrics(model, specs, cache, batch: int, seed: int) -> dict:
+    import torch
+
+    from reference.loop import generate_content
+    from tasks.detect import CHANCE, detect_all
+    from tasks.metrics import attribute_accuracy, psnr
+
+    detected = []
+    for k in range(0, len(specs), batch):
+        group = specs[k:k + batch]
+        video, audio = generate_content(model, [s.prompt for s in group],
+                                        generator=torch.Generator().manual_seed(seed + k))
+        detected += [detect_all(video[i].permute(1, 2, 3, 0).numpy(), audio[i].numpy(), 16000) for i in range(len(group))]
+    acc = attribute_accuracy(detected, [s.attributes for s in specs], CHANCE)
+    with torch.no_grad():
+        rec = {}
+        for field in ("video_base", "video_upsampled"):
+            x = cache[field].float() / 255
+            out = torch.cat([model.video_vae.decode(model.video_vae.encode(x[i:i + 16])) for i in range(0, len(x), 16)])
+            rec[field.replace("video_", "video_psnr_")] = psnr(out, x)
+    return {"attribute_accuracy": acc, "vae_reconstruction": rec}
+
+
+def main() -> None:
+    import torch
+
+    from reference.loop import ArticleModel, train_reference
+    from tasks.evaluate import evaluate, holdout_specs
+    from tasks.params import load_params
+    from model import ConditioningEncoder
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="data", help="prepared data folder (tinyveo prepare)")
+    parser.add_argument("--tinyveo-checkpoint", help="a finished default run to reuse instead of training here")
+    parser.add_argument("--budget-s", type=float, help="override the reference's wall-clock budget (seconds)")
+    parser.add_argument("--out", default="outputs/bench-quality", help="metrics of both models as JSON")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override (tinyveo)")
+    args = parser.parse_args()
+
+    params = load_params(overrides=[*args.set, "train.mlflow=false"])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed = int(params["seed"])
+
+    tmp = tempfile.TemporaryDirectory()
+    if args.tinyveo_checkpoint:
+        ckpt = Path(args.tinyveo_checkpoint)
+        stages = {}
+        for stage in ("vae", "denoiser"):
+            summary = json.loads((ckpt / stage / "summary.json").read_text())
+            stages[stage] = summary["stages"][stage]
+        tinyveo_s = sum(s["seconds"] for s in stages.values())
+        how = f"stage times recorded in {ckpt}"
+    else:
+        from tasks.train import train
+
+        ckpt = Path(tmp.name) / "tinyveo"
+        t0 = time.perf_counter()
+        summary = train(args.data, ckpt, params)
+        tinyveo_s = time.perf_counter() - t0
+        stages = summary["stages"]
+        how = "trained here"
+    budget = args.budget_s or tinyveo_s
+    print(f"tinyveo training: {tinyveo_s:.0f} s ({how}); reference budget: {budget:.0f} s", flush=True)
+
+    tv = evaluate(ckpt, out / "tinyveo", params, holdout=args.data, track=False)
+
+    c = params["conditioning"]
+    encoder = ConditioningEncoder(c["backend"], c.get(f"{c['backend']}_path"), int(c["max_text_tokens"]))
+    torch.manual_seed(seed)
+    ref_model = ArticleModel(encoder)
+    ref_train = train_reference(ref_model, Path(args.data) / "cache", budget_s=budget, seed=seed)
+    specs, cache, _, split = holdout_specs(args.data, int(params["eval"]["num_prompts"]))
+    vae_cache = {k: v[: int(params["eval"]["num_vae_clips"])] for k, v in cache.items()}
+    ref = reference_metrics(ref_model, specs, vae_cache, int(params["eval"]["batch_size"]), seed)
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+    result = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "split": split, "prompts": len(specs),
+        "tinyveo": {"train_seconds": tinyveo_s, "stages": stages, "attribute_accuracy": tv["attribute_accuracy"],
+                    "vae_reconstruction": tv["vae_reconstruction"], "sampling": tv["sampling"]},
+        "reference": {"train_seconds": ref_train.seconds, "steps": ref_train.steps, "epochs": ref_train.epochs,
+                      "final_loss_mean_last_100": sum(ref_train.losses[-100:]) / max(len(ref_train.losses[-100:]), 1),
+                      **ref, "sampling": "ddpm 50 + 50 steps, no guidance"},
+        "peak_rss_gb": rss_gb,
+    }
+    (out / "quality.json").write_text(json.dumps(result, indent=1) + "\n")
+
+    print(f"\n# quality per CPU-minute  {result['machine']}  torch {torch.__version__}")
+    print(f"# {len(specs)} {split} prompts; tinyveo {tinyveo_s:.0f} s of training "
+          f"({', '.join(f'{k} {v['steps']} steps' for k, v in stages.items())}); "
+          f"reference {ref_train.seconds:.0f} s ({ref_train.steps} steps at batch 1, {ref_train.epochs:.2f} epochs)")
+    keys = ["color", "shape", "direction", "pitch", "all_four"]
+    print(f"{'':<24}" + "".join(f"{k:>10}" for k in keys))
+    for name, acc in (("tinyveo", tv["attribute_accuracy"]), ("reference (article)", ref["attribute_accuracy"])):
+        print(f"{name:<24}" + "".join(f"{acc[k]['accuracy']:>10.2f}" for k in keys))
+    print(f"{'chance':<24}" + "".join(f"{tv['attribute_accuracy'][k]['chance']:>10.3f}" for k in keys))
+    tvr, rr = tv["vae_reconstruction"], ref["vae_reconstruction"]
+    print(f"VAE PSNR 32 px / 64 px: tinyveo {tvr['video_psnr_base']:.1f} / {tvr['video_psnr_upsampled']:.1f} dB, "
+          f"reference {rr['video_psnr_base']:.1f} / {rr['video_psnr_upsampled']:.1f} dB")
+    print(f"peak RSS of this process: {rss_gb:.2f} GB; JSON: {out / 'quality.json'}")
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
