@@ -74,7 +74,7 @@ def main() -> None:
         stages = {}
         for stage in ("vae", "denoiser"):
             summary = json.loads((ckpt / stage / "summary.json").read_text())
-            stages[stage] = summary["stages"][stage]
+            stages[stage] = {"steps": summary["steps"], "seconds": summary["seconds"]}
         tinyveo_s = sum(s["seconds"] for s in stages.values())
         how = f"stage times recorded in {ckpt}"
     else:
@@ -114,7 +114,7 @@ def main() -> None:
 
     print(f"\n# quality per CPU-minute  {result['machine']}  torch {torch.__version__}")
     print(f"# {len(specs)} {split} prompts; tinyveo {tinyveo_s:.0f} s of training "
-          f"({', '.join(f'{k} {v['steps']} steps' for k, v in stages.items())}); "
+          "(" + ", ".join(f"{k} {v['steps']} steps" for k, v in stages.items()) + "); "
           f"reference {ref_train.seconds:.0f} s ({ref_train.steps} steps at batch 1, {ref_train.epochs:.2f} epochs)")
     keys = ["color", "shape", "direction", "pitch", "all_four"]
     print(f"{'':<24}" + "".join(f"{k:>10}" for k in keys))
