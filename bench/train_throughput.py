@@ -42,7 +42,7 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from reference.article import ReferenceConfig
-    from reference.loop import ArticleModel, collate, _ArticleDataset
+    from reference.loop import ArticleModel, ArticleDataset, article_loss, collate
     from model import (ConditioningEncoder, JointDenoisingTransformer, TextEmbedding, base_denoiser_loss,
                        from_params, noise_schedulers, upsampler_loss)
     from tasks.dataset import MultiModalDataset
@@ -79,8 +79,7 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
                                                 text_dim=encoder.text_dim))
     ref_params = list(ref.parameters())
     ref_opt = torch.optim.AdamW(ref_params, lr=1e-4)
-    mse = torch.nn.MSELoss()
-    items = _ArticleDataset(MultiModalDataset(data_dir / "cache", split="train"))
+    items = ArticleDataset(MultiModalDataset(data_dir / "cache", split="train"))
     real = collate([items[i] for i in range(batch)])
     with torch.no_grad():
         r_base, r_up = ref.video_vae.encode(real["video_base"]), ref.video_vae.encode(real["video_upsampled"])
@@ -93,14 +92,7 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
             with torch.no_grad():
                 lat_b, lat_u = ref.video_vae.encode(real["video_base"]), ref.video_vae.encode(real["video_upsampled"])
                 lat_a, context = ref.audio_vae.encode(real["audio"]), ref.context(real["raw_caption"])
-        ts = torch.randint(0, 1000, (batch,)).long()
-        n_b, n_a, n_u = torch.randn_like(lat_b), torch.randn_like(lat_a), torch.randn_like(lat_u)
-        x_b = ref.noise_scheduler.add_noise(lat_b, n_b, ts)
-        x_a = ref.noise_scheduler.add_noise(lat_a, n_a, ts)
-        p_b, p_a = ref.base_denoiser(x_b, x_a, ts, context)
-        p_u, _ = ref.upsampler_denoiser(ref.noise_scheduler.add_noise(lat_u, n_u, ts), torch.zeros_like(x_a), ts, context,
-                                        low_res_video=x_b)
-        loss = mse(p_b, n_b) + mse(p_a, n_a) + mse(p_u, n_u)
+        loss = article_loss(ref, lat_b, lat_u, lat_a, context, torch.randint(0, 1000, (batch,)).long())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ref_params, 1.0)
         ref_opt.step()

@@ -69,7 +69,7 @@ def collate(items: list[dict]) -> dict:
     }
 
 
-class _ArticleDataset(torch.utils.data.Dataset):
+class ArticleDataset(torch.utils.data.Dataset):
     def __init__(self, base):
         self.base = base
 
@@ -78,6 +78,29 @@ class _ArticleDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, idx: int) -> dict:
         return article_item(self.base[idx])
+
+
+def article_loss(model: ArticleModel, video_latents_base, video_latents_upsampled, audio_latents, context,
+                 timesteps, loss_fn=nn.MSELoss()) -> torch.Tensor:
+    """The article's combined loss for one batch of (already encoded) latents: base video + audio, then
+    the upsampler. DEFECT: the upsampler is conditioned on the *noisy* base latent at the same timestep,
+    but sampled on the clean one. tinyveo: noise-conditioning augmentation at a level the model is
+    told, the same at sampling."""
+    noise_scheduler = model.noise_scheduler
+    noise_vid_base = torch.randn_like(video_latents_base)
+    noisy_video_base = noise_scheduler.add_noise(video_latents_base, noise_vid_base, timesteps)
+    noise_aud = torch.randn_like(audio_latents)
+    noisy_audio = noise_scheduler.add_noise(audio_latents, noise_aud, timesteps)
+    pred_noise_vid_base, pred_noise_aud = model.base_denoiser(noisy_video_base, noisy_audio, timesteps, context)
+    loss_base_vid = loss_fn(pred_noise_vid_base, noise_vid_base)
+    loss_aud = loss_fn(pred_noise_aud, noise_aud)
+
+    noise_vid_up = torch.randn_like(video_latents_upsampled)
+    noisy_video_upsampled = noise_scheduler.add_noise(video_latents_upsampled, noise_vid_up, timesteps)
+    pred_noise_vid_up, _ = model.upsampler_denoiser(noisy_video_upsampled, torch.zeros_like(noisy_audio), timesteps,
+                                                    context, low_res_video=noisy_video_base)
+    loss_upsample_vid = loss_fn(pred_noise_vid_up, noise_vid_up)
+    return loss_base_vid + loss_aud + loss_upsample_vid
 
 
 @dataclass
@@ -98,7 +121,7 @@ def train_reference(model: ArticleModel, cache_dir: str | Path, *, budget_s: flo
     torch.manual_seed(seed)
     device = torch.device(device)
     model.to(device)
-    dataset = _ArticleDataset(MultiModalDataset(cache_dir, split="train"))
+    dataset = ArticleDataset(MultiModalDataset(cache_dir, split="train"))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate,
                         generator=torch.Generator().manual_seed(seed))
     video_vae, audio_vae = model.video_vae, model.audio_vae
@@ -136,23 +159,8 @@ def train_reference(model: ArticleModel, cache_dir: str | Path, *, budget_s: flo
             if modality[0] == "i2v":
                 pass  # the article adds CLIP image features here; the MiniLM backend has none (see module doc)
 
-            noise_vid_base = torch.randn_like(video_latents_base)
-            noisy_video_base = noise_scheduler.add_noise(video_latents_base, noise_vid_base, timesteps)
-            noise_aud = torch.randn_like(audio_latents)
-            noisy_audio = noise_scheduler.add_noise(audio_latents, noise_aud, timesteps)
-            pred_noise_vid_base, pred_noise_aud = base_denoiser(noisy_video_base, noisy_audio, timesteps, context)
-            loss_base_vid = loss_fn(pred_noise_vid_base, noise_vid_base)
-            loss_aud = loss_fn(pred_noise_aud, noise_aud)
-
-            noise_vid_up = torch.randn_like(video_latents_upsampled)
-            noisy_video_upsampled = noise_scheduler.add_noise(video_latents_upsampled, noise_vid_up, timesteps)
-            # DEFECT: conditioned on the *noisy* base latent at the same timestep, but sampled on the clean
-            # one. tinyveo: noise-conditioning augmentation at a level the model is told, same at sampling.
-            pred_noise_vid_up, _ = upsampler_denoiser(noisy_video_upsampled, torch.zeros_like(noisy_audio), timesteps,
-                                                      context, low_res_video=noisy_video_base)
-            loss_upsample_vid = loss_fn(pred_noise_vid_up, noise_vid_up)
-
-            loss = loss_base_vid + loss_aud + loss_upsample_vid
+            loss = article_loss(model, video_latents_base, video_latents_upsampled, audio_latents, context, timesteps,
+                                loss_fn)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(all_params, GRADIENT_CLIP_NORM)
             optimizer.step()
