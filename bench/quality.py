@@ -92,7 +92,7 @@ def main() -> None:
     tv = evaluate(ckpt, out / "tinyveo", params, holdout=args.data, track=False)
 
     c = params["conditioning"]
-    encoder = ConditioningEncoder(c["backend"], c.get(f"{c['backend']}_path"), int(c["max_text_tokens"]))
+    encoder = ConditioningEncoder.from_params(c)
     torch.manual_seed(seed)
     ref_model = ArticleModel(encoder)
     ref_train = train_reference(ref_model, Path(args.data) / "cache", budget_s=budget, seed=seed)

@@ -50,7 +50,7 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
     torch.manual_seed(0)
     c, d, t = params["conditioning"], params["diffusion"], params["train"]
     batch = int(t["batch_size"])
-    encoder = ConditioningEncoder(c["backend"], c.get(f"{c['backend']}_path"), int(c["max_text_tokens"]))
+    encoder = ConditioningEncoder.from_params(c)
     cfg = from_params(params, context_dim=encoder.text_dim)
     b_cfg = cfg.base
     # tinyveo: base + upsampler, cached latents and caption states (random here: shapes are what counts).
@@ -65,11 +65,14 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
     aud = torch.randn(batch, *cfg.base.audio_latent_shape)
     img_b, img_u = torch.randn(batch, *cfg.base.image_latent_shape), torch.randn(batch, *cfg.upsampler.image_latent_shape)
     has_image = torch.rand(batch) < 0.25
+    n_up = min(int(t.get("upsampler_batch_size") or batch), batch)  # as training: the upsampler sees the first n_up items
+    up_ctx = TextEmbedding(ctx.pooled[:n_up], ctx.tokens[:n_up], ctx.mask[:n_up])
 
     def tinyveo_step() -> None:
         tv_opt.zero_grad(set_to_none=True)
         loss = base_denoiser_loss(base, sched, v_base, aud, ctx, 0.1, image_latent=img_b, has_image=has_image).total
-        loss = loss + upsampler_loss(up, up_sched, v_up, v_base, ctx, 250, 0.1, image_latent=img_u, has_image=has_image)
+        loss = loss + upsampler_loss(up, up_sched, v_up[:n_up], v_base[:n_up], up_ctx, 250, 0.1, image_latent=img_u[:n_up],
+                                     has_image=has_image[:n_up])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(tv_params, 1.0)
         tv_opt.step()
@@ -110,7 +113,7 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
           f"{b_cfg.heads}, batch {batch}; median of {rounds} alternating rounds of {steps} steps")
     print(f"{'model':<44}{'params (M)':>11}{'s/step':>9}{'samples/s':>11}{'tinyveo x':>11}")
     rows = [
-        (f"tinyveo denoisers (base {cfg.base.video_latent_shape} + up)", n(base) + n(up), m_tv),
+        (f"tinyveo denoisers (base + upsampler on {n_up} of {batch})", n(base) + n(up), m_tv),
         ("article denoisers, latents given", n(ref.base_denoiser) + n(ref.upsampler_denoiser), m_den),
         ("article loop step (re-encodes VAEs + text)", n(ref.base_denoiser) + n(ref.upsampler_denoiser), m_full),
     ]

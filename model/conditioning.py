@@ -8,6 +8,10 @@ Backends:
 Besides the pooled vector the article used, the token states are returned too: a pooled sentence
 vector separates attributes only weakly (MiniLM cosine 0.40 for a paraphrase vs 0.28 for an
 unrelated prompt), so the denoiser also attends to the tokens.
+The token states come from a chosen layer (`token_layer`, as "CLIP skip" in Stable Diffusion): the
+last layer of MiniLM, trained for sentence similarity, nearly merges antonyms in context. Over the
+four built-in captions, standardised over them, "from left to right" vs "from right to left" differ by 9 in its
+last layer against 59 for "red" vs "blue"; after its second layer, 22 against 20.
 Nothing is downloaded: a missing checkpoint raises one error naming the path and how to provide it.
 """
 from __future__ import annotations
@@ -60,7 +64,8 @@ class ConditioningEncoder(nn.Module):
     image tower. The module stays in eval mode and never has trainable parameters.
     """
 
-    def __init__(self, backend: str = "minilm", path: str | None = None, max_length: int = 32):
+    def __init__(self, backend: str = "minilm", path: str | None = None, max_length: int = 32,
+                 token_layer: int = -1):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer  # deferred: heavy import
         from transformers.utils import logging as hf_logging
@@ -103,12 +108,30 @@ class ConditioningEncoder(nn.Module):
             self.max_length = min(max_length, int(self.model.config.text_config.max_position_embeddings))
         else:
             raise ValueError(f"conditioning.backend must be 'minilm' or 'clip', got {backend!r}")
+        config = self.model.config if backend == "minilm" else self.model.config.text_config
+        layers = int(config.num_hidden_layers)
+        if not -(layers + 1) <= token_layer <= layers:
+            raise ValueError(f"conditioning.token_layer={token_layer}: the {backend} text encoder has hidden states "
+                             f"0 (embeddings) to {layers} (or -1 for the last)")
+        self.token_layer = token_layer
         self.requires_grad_(False)
         self.eval()
+
+    @classmethod
+    def from_params(cls, conditioning: dict, max_length: int | None = None) -> "ConditioningEncoder":
+        """The encoder the `conditioning` group of params.yaml describes."""
+        backend = conditioning["backend"]
+        return cls(backend, conditioning.get(f"{backend}_path"),
+                   int(max_length or conditioning["max_text_tokens"]), int(conditioning.get("token_layer", -1)))
 
     def train(self, mode: bool = True) -> "ConditioningEncoder":
         # Frozen: dropout stays off whatever the caller's mode.
         return super().train(False)
+
+    @property
+    def identity(self) -> str:
+        """Everything that decides the features this encoder gives: caches of them key on it."""
+        return f"{self.backend}|{self.model.name_or_path}|{self.max_length}|{self.token_layer}"
 
     @property
     def device(self) -> torch.device:
@@ -122,13 +145,14 @@ class ConditioningEncoder(nn.Module):
         ).to(self.device)
         mask = inputs["attention_mask"].bool()
         if self.backend == "minilm":
-            tokens = self.model(**inputs).last_hidden_state
-            weights = mask.unsqueeze(-1).to(tokens.dtype)
-            pooled = (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+            out = self.model(**inputs, output_hidden_states=True)
+            weights = mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
+            pooled = (out.last_hidden_state * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         else:
-            out = self.model.text_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-            tokens = out.last_hidden_state
+            out = self.model.text_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                        output_hidden_states=True)
             pooled = out.pooler_output
+        tokens = out.hidden_states[self.token_layer]
         return TextEmbedding(pooled.float(), tokens.float(), mask)
 
     @torch.no_grad()

@@ -75,8 +75,14 @@ def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
 
 
-def _timesteps(n: int, high: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    return torch.randint(0, high, (n,), generator=generator).to(device)
+def _timesteps(n: int, high: int, generator: torch.Generator | None, device: torch.device,
+               logit_mean: float | None = None, logit_std: float = 1.0) -> torch.Tensor:
+    """Training timesteps in [0, high): uniform, or logit-normal (SD3) when `logit_mean` is set:
+    t / high = sigmoid(N(logit_mean, logit_std)), which puts more updates where the mean is."""
+    if logit_mean is None:
+        return torch.randint(0, high, (n,), generator=generator).to(device)
+    u = torch.sigmoid(torch.randn(n, generator=generator, dtype=torch.float64) * logit_std + logit_mean)
+    return (u * high).long().clamp_(0, high - 1).to(device)
 
 
 def _dropout(n: int, p: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -104,11 +110,13 @@ def base_denoiser_loss(
     image_latent: torch.Tensor | None = None,
     has_image: torch.Tensor | None = None,
     image_features: torch.Tensor | None = None,
+    timestep_logit_mean: float | None = None,
+    timestep_logit_std: float = 1.0,
 ) -> BaseLoss:
     """One DDPM training step's losses for the base model. Video and audio share the timestep:
     they are one joint sample, denoised together."""
     b, device = video_latent.shape[0], video_latent.device
-    t = _timesteps(b, scheduler.config.num_train_timesteps, generator, device)
+    t = _timesteps(b, scheduler.config.num_train_timesteps, generator, device, timestep_logit_mean, timestep_logit_std)
     noise_v, noise_a = _randn_like(video_latent, generator), _randn_like(audio_latent, generator)
     drop = _dropout(b, cond_dropout, generator, device)
     pred_v, pred_a = model(

@@ -105,7 +105,7 @@ def load_pipeline(checkpoint: str | Path, device: str | None = None):
         raise UserError(f"{config_path}: not a tinyveo checkpoint config ({exc})") from exc
     dev = pick_device(device or params["train"].get("device"))
     c = params["conditioning"]
-    encoder = ConditioningEncoder(c["backend"], c.get(f"{c['backend']}_path"), int(c["max_text_tokens"])).to(dev)
+    encoder = ConditioningEncoder.from_params(c).to(dev)
     if encoder.text_dim != saved.get("context_dim", encoder.text_dim):
         raise UserError(f"{config_path}: the checkpoint was trained with {saved['context_dim']}-d text embeddings, "
                         f"the configured {c['backend']} encoder gives {encoder.text_dim}-d")

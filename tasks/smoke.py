@@ -57,7 +57,7 @@ def run_smoke(
     dev = pick_device(device)
     cond_p = params["conditioning"]
     if use_text_encoder:
-        encoder = ConditioningEncoder(cond_p["backend"], cond_p.get(f"{cond_p['backend']}_path"), int(cond_p["max_text_tokens"]))
+        encoder = ConditioningEncoder.from_params(cond_p)
         encoder.to(dev)
         captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(batch_size)]
         context = encoder.get_text_embeds(captions)

@@ -369,7 +369,7 @@ def build_latent_cache(data: dict[str, Any], manifest, video_vae, audio_vae, enc
     from .media import atomic_path
 
     key = hashlib.sha256("|".join([
-        weights_hash(video_vae, audio_vae), "|".join(manifest["key"]), encoder.backend, str(encoder.max_length),
+        weights_hash(video_vae, audio_vae), "|".join(manifest["key"]), encoder.identity,
         "|".join(manifest["caption"].fillna("")),
     ]).encode()).hexdigest()[:16]
     path = out / f"latents-{key}.safetensors"
@@ -426,6 +426,12 @@ def train_denoisers(latents: dict[str, Any], manifest, cfg, params: dict[str, An
         _unwrap(m).set_text_statistics(latents["text_pooled"][rows], latents["text_tokens"][rows], latents["text_mask"][rows])
     dropout, max_aug = float(d["cond_dropout"]), int(d["upsampler_max_noise_aug"])
     feats = latents.get("image_features")
+    batch_size = int(t["batch_size"])
+    logit_mean = None if d.get("timestep_logit_mean") is None else float(d["timestep_logit_mean"])
+    up_batch = int(t.get("upsampler_batch_size") or batch_size)
+    if up_batch < 1:
+        raise UserError(f"train.upsampler_batch_size={up_batch}: must be at least 1 (null: train.batch_size)")
+    up_share = min(up_batch, batch_size) / batch_size  # capped: a smaller --set train.batch_size needs no second edit
 
     def loss_fn(idx: list[int], gen) -> dict[str, Any]:
         rows = torch.tensor([train_idx[i] for i in idx])
@@ -434,15 +440,20 @@ def train_denoisers(latents: dict[str, Any], manifest, cfg, params: dict[str, An
         has_image = get("has_image").bool()
         image_features = feats[rows].to(device) if feats is not None else None
         base = base_denoiser_loss(modules["base"], scheduler, get("video_base"), get("audio"), ctx, dropout, gen,
-                                  image_latent=get("image_base"), has_image=has_image, image_features=image_features)
-        up = upsampler_loss(modules["upsampler"], up_scheduler, get("video_upsampled"), get("video_base"), ctx, max_aug,
-                            dropout, gen, image_latent=get("image_upsampled"), has_image=has_image,
-                            image_features=image_features)
+                                  image_latent=get("image_base"), has_image=has_image, image_features=image_features,
+                                  timestep_logit_mean=logit_mean, timestep_logit_std=float(d.get("timestep_logit_std", 1.0)))
+        # The upsampler learns from the first items of the batch only: its task (sharpen a given
+        # low-res clip) is easier than the base's, and every item it skips is base steps gained.
+        n = max(1, round(len(idx) * up_share))
+        up_ctx = TextEmbedding(ctx.pooled[:n], ctx.tokens[:n], ctx.mask[:n])
+        up = upsampler_loss(modules["upsampler"], up_scheduler, get("video_upsampled")[:n], get("video_base")[:n], up_ctx,
+                            max_aug, dropout, gen, image_latent=get("image_upsampled")[:n], has_image=has_image[:n],
+                            image_features=image_features[:n] if image_features is not None else None)
         return {"loss_video": base.video, "loss_audio": base.audio, "loss_upsampler": up}
 
     return run_stage(
         "denoiser", out / "denoiser", modules, float(t["ema_decay"]), loss_fn, len(train_idx),
-        steps=int(t["denoiser_steps"]), batch_size=int(t["batch_size"]), lr=float(t["lr"]),
+        steps=int(t["denoiser_steps"]), batch_size=batch_size, lr=float(t["lr"]),
         warmup=int(t["warmup_steps"]), weight_decay=float(t["weight_decay"]), grad_clip=float(t["grad_clip"]),
         seed=seed + 1, checkpoint_every=int(t["checkpoint_every"]), log_every=int(t["log_every"]), resume=resume,
         stop_after=stop_after, dist=dist, tracker=tracker, progress=progress, device_type=device.type,
@@ -508,7 +519,7 @@ def train(data_dir: str | Path, out_dir: str | Path, params: dict[str, Any], *, 
     out.mkdir(parents=True, exist_ok=True)
     data, manifest = load_cache_tensors(Path(data_dir) / "cache")
     c = params["conditioning"]
-    encoder = ConditioningEncoder(c["backend"], c.get(f"{c['backend']}_path"), int(c["max_text_tokens"])).to(dev)
+    encoder = ConditioningEncoder.from_params(c).to(dev)
     cfg = from_params(params, context_dim=encoder.text_dim, image_feature_dim=encoder.image_dim)
     t = params["train"]
     tracker = Tracker(dist.main and bool(t["mlflow"]), t.get("tracking_uri"), str(t["experiment"]))

@@ -73,3 +73,31 @@ def test_missing_minilm_folder_names_the_path(tmp_path):
 def test_unknown_backend():
     with pytest.raises(ValueError, match="minilm' or 'clip"):
         ConditioningEncoder("ul2")
+
+
+def _standardised_distance(emb, i: int, j: int) -> float:
+    real = emb.tokens[emb.mask]
+    tokens = (emb.tokens - real.mean(0)) / real.std(0)
+    return float((tokens[i] - tokens[j]).norm())
+
+
+def test_token_layer_keeps_word_order_the_last_layer_merges(minilm):
+    """Why `conditioning.token_layer` exists: MiniLM's last layer nearly merges "left" and "right"
+    in context; a middle layer keeps the swap as distinct as a colour change."""
+    swapped = PROMPT.replace("from left to right", "from right to left")
+    recoloured = PROMPT.replace("red", "blue")
+    middle = ConditioningEncoder("minilm", None, max_length=32, token_layer=2)
+    last, mid = minilm.get_text_embeds([PROMPT, swapped, recoloured]), middle.get_text_embeds([PROMPT, swapped, recoloured])
+    assert torch.equal(last.pooled, mid.pooled)  # the pooled sentence vector is always the last layer's
+    assert not torch.equal(last.tokens, mid.tokens)
+    order_vs_colour_last = _standardised_distance(last, 0, 1) / _standardised_distance(last, 0, 2)
+    order_vs_colour_mid = _standardised_distance(mid, 0, 1) / _standardised_distance(mid, 0, 2)
+    assert order_vs_colour_last < 0.5 < order_vs_colour_mid
+
+
+def test_token_layer_out_of_range_is_named(tiny_clip_dir):
+    with pytest.raises(ValueError, match="token_layer=7"):
+        ConditioningEncoder("minilm", None, token_layer=7)
+    enc = ConditioningEncoder.from_params({"backend": "clip", "clip_path": str(tiny_clip_dir), "max_text_tokens": 16,
+                                           "token_layer": 0})
+    assert enc.get_text_embeds([PROMPT]).tokens.shape == (1, 16, 32)

@@ -313,3 +313,16 @@ def test_each_model_has_its_own_prediction_target():
     x0, noise, t = torch.randn(2, 4), torch.randn(2, 4), torch.tensor([10, 900])
     assert torch.equal(diffusion_target(up, x0, noise, t), x0)
     assert not torch.allclose(diffusion_target(base, x0, noise, t), x0)
+
+
+def test_logit_normal_timesteps_move_the_training_noise_levels():
+    from model.diffusion import _timesteps
+
+    draw = lambda **kw: _timesteps(4000, 1000, torch.Generator().manual_seed(0), torch.device("cpu"), **kw)  # noqa: E731
+    uniform, centred, high = draw(), draw(logit_mean=0.0), draw(logit_mean=1.0)
+    for t in (uniform, centred, high):
+        assert t.dtype == torch.long and int(t.min()) >= 0 and int(t.max()) <= 999
+    assert abs(uniform.float().mean() - 500) < 20 and abs(centred.float().mean() - 500) < 20
+    assert high.float().mean() > 650                      # sigmoid(N(1, 1)) has mean ~0.70
+    assert (centred - 500).abs().float().mean() < (uniform - 500).abs().float().mean()  # mass moves to the middle
+    assert torch.equal(high, draw(logit_mean=1.0))         # seeded

@@ -133,6 +133,48 @@ def test_frozen_modules_stay_bit_identical(data_dir, tmp_path):
     assert all(torch.equal(enc_before[k], v) for k, v in enc.state_dict().items())
 
 
+def test_upsampler_trains_on_its_share_of_each_batch(data_dir, tmp_path, monkeypatch):
+    import model
+
+    seen: list[tuple[int, int]] = []
+    real_base, real_up = model.base_denoiser_loss, model.upsampler_loss
+
+    def base_spy(net, scheduler, video, *args, **kwargs):
+        seen.append(("base", video.shape[0]))
+        return real_base(net, scheduler, video, *args, **kwargs)
+
+    def up_spy(net, scheduler, video, low_res, context, *args, **kwargs):
+        assert low_res.shape[0] == context.tokens.shape[0] == kwargs["has_image"].shape[0] == video.shape[0]
+        seen.append(("upsampler", video.shape[0]))
+        return real_up(net, scheduler, video, low_res, context, *args, **kwargs)
+
+    monkeypatch.setattr(model, "base_denoiser_loss", base_spy)
+    monkeypatch.setattr(model, "upsampler_loss", up_spy)
+    out = tmp_path / "share"
+    train(data_dir, out, tiny("train.vae_steps=2"), stages=("vae",), progress=False)
+    train(data_dir, out, tiny("train.denoiser_steps=3", "train.upsampler_batch_size=1"), stages=("denoiser",),
+          progress=False)
+    assert seen == [("base", 4), ("upsampler", 1)] * 3
+
+
+def test_latent_cache_is_rebuilt_when_the_caption_features_change(data_dir, tmp_path):
+    """The cached caption states must follow conditioning.token_layer: a stale cache trains the
+    denoiser on one layer's features while sampling feeds it another's."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "layers"
+    train(data_dir, out, tiny("train.vae_steps=2"), stages=("vae",), progress=False)
+    files, tokens = [], []
+    for layer in ("-1", "2", "-1"):
+        train(data_dir, out, tiny("train.denoiser_steps=1", f"conditioning.token_layer={layer}"), stages=("denoiser",),
+              progress=False)
+        (path,) = (out / "denoiser" / "latents").glob("latents-*.safetensors")
+        files.append(path.name)
+        tokens.append(load_file(str(path))["text_tokens"])
+    assert files[0] != files[1] and files[0] == files[2]
+    assert not torch.allclose(tokens[0], tokens[1]) and torch.equal(tokens[0], tokens[2])
+
+
 def test_mlflow_run_has_metrics_params_and_artifacts(data_dir, tmp_path, monkeypatch):
     db = tmp_path / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
