@@ -152,7 +152,9 @@ class ConditioningEncoder(nn.Module):
             out = self.model.text_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                                         output_hidden_states=True)
             pooled = out.pooler_output
-        tokens = out.hidden_states[self.token_layer]
+        # -1 is the encoder's own output (for CLIP that includes its final LayerNorm, which
+        # hidden_states[-1] does not)
+        tokens = out.last_hidden_state if self.token_layer == -1 else out.hidden_states[self.token_layer]
         return TextEmbedding(pooled.float(), tokens.float(), mask)
 
     @torch.no_grad()

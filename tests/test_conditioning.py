@@ -101,3 +101,11 @@ def test_token_layer_out_of_range_is_named(tiny_clip_dir):
     enc = ConditioningEncoder.from_params({"backend": "clip", "clip_path": str(tiny_clip_dir), "max_text_tokens": 16,
                                            "token_layer": 0})
     assert enc.get_text_embeds([PROMPT]).tokens.shape == (1, 16, 32)
+
+
+def test_clip_last_token_layer_is_its_normalised_output(tiny_clip_dir):
+    enc = ConditioningEncoder("clip", str(tiny_clip_dir), max_length=16)
+    inputs = enc.tokenizer([PROMPT], padding="max_length", truncation=True, max_length=16, return_tensors="pt")
+    with torch.no_grad():
+        expected = enc.model.text_model(**inputs).last_hidden_state
+    assert torch.allclose(enc.get_text_embeds([PROMPT]).tokens, expected)
