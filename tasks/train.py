@@ -433,22 +433,26 @@ def train_denoisers(latents: dict[str, Any], manifest, cfg, params: dict[str, An
         raise UserError(f"train.upsampler_batch_size={up_batch}: must be at least 1 (null: train.batch_size)")
     up_share = min(up_batch, batch_size) / batch_size  # capped: a smaller --set train.batch_size needs no second edit
 
-    def loss_fn(idx: list[int], gen) -> dict[str, Any]:
-        rows = torch.tensor([train_idx[i] for i in idx])
+    logit_std = float(d.get("timestep_logit_std", 1.0))
+
+    def batch(rows):
+        """Items `rows` of the latent cache: a getter, the caption, has_image, image features."""
         get = lambda k: latents[k][rows].to(device)  # noqa: E731
         ctx = TextEmbedding(get("text_pooled").float(), get("text_tokens").float(), get("text_mask").bool())
-        has_image = get("has_image").bool()
-        image_features = feats[rows].to(device) if feats is not None else None
+        return get, ctx, get("has_image").bool(), feats[rows].to(device) if feats is not None else None
+
+    def loss_fn(idx: list[int], gen) -> dict[str, Any]:
+        rows = torch.tensor([train_idx[i] for i in idx])
+        get, ctx, has_image, image_features = batch(rows)
         base = base_denoiser_loss(modules["base"], scheduler, get("video_base"), get("audio"), ctx, dropout, gen,
                                   image_latent=get("image_base"), has_image=has_image, image_features=image_features,
-                                  timestep_logit_mean=logit_mean, timestep_logit_std=float(d.get("timestep_logit_std", 1.0)))
+                                  timestep_logit_mean=logit_mean, timestep_logit_std=logit_std)
         # The upsampler learns from the first items of the batch only: its task (sharpen a given
         # low-res clip) is easier than the base's, and every item it skips is base steps gained.
-        n = max(1, round(len(idx) * up_share))
-        up_ctx = TextEmbedding(ctx.pooled[:n], ctx.tokens[:n], ctx.mask[:n])
-        up = upsampler_loss(modules["upsampler"], up_scheduler, get("video_upsampled")[:n], get("video_base")[:n], up_ctx,
-                            max_aug, dropout, gen, image_latent=get("image_upsampled")[:n], has_image=has_image[:n],
-                            image_features=image_features[:n] if image_features is not None else None)
+        get, ctx, has_image, image_features = batch(rows[:max(1, round(len(idx) * up_share))])
+        up = upsampler_loss(modules["upsampler"], up_scheduler, get("video_upsampled"), get("video_base"), ctx, max_aug,
+                            dropout, gen, image_latent=get("image_upsampled"), has_image=has_image,
+                            image_features=image_features)
         return {"loss_video": base.video, "loss_audio": base.audio, "loss_upsampler": up}
 
     return run_stage(
