@@ -38,6 +38,10 @@ class TextEmbedding:
     def to(self, device: torch.device | str) -> "TextEmbedding":
         return TextEmbedding(self.pooled.to(device), self.tokens.to(device), self.mask.to(device))
 
+    def select(self, rows: torch.Tensor) -> "TextEmbedding":
+        """The embeddings of some rows (an index tensor)."""
+        return TextEmbedding(self.pooled[rows], self.tokens[rows], self.mask[rows])
+
 
 def default_minilm_path() -> Path:
     try:

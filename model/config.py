@@ -67,6 +67,9 @@ class DenoiserConfig:
     # the adaLN condition (0: projection and attention pooling only).
     text_refiner_depth: int = 0
     video_seconds: float = 2.0    # both modalities span the same window: shared time positions
+    # Self-conditioning (Chen et al., "Analog Bits"): the model also reads its own previous estimate
+    # of the clean latents, concatenated to the noisy ones (zeros when there is none). Base only.
+    self_condition: bool = False
 
     @property
     def video_grid(self) -> tuple[int, int, int]:
@@ -139,6 +142,7 @@ def _denoiser(
         max_text_tokens=max_text_tokens,
         text_refiner_depth=int(p.get("text_refiner_depth") or 0),
         video_seconds=seconds,
+        self_condition=False if is_upsampler else bool(p.get("self_condition", False)),
     )
 
 

@@ -223,6 +223,7 @@ class InputProjector(nn.Module):
         self.null_pooled = nn.Parameter(torch.zeros(config.context_dim))
         self.null_token = nn.Parameter(torch.zeros(config.context_dim))
         in_video = 2 * c_video if config.is_upsampler else c_video  # upsampler: low-res latent concatenated
+        in_video += c_video if config.self_condition else 0  # the previous clean-latent estimate, concatenated
         self.video_patcher = nn.Conv3d(in_video, d, kernel_size=config.video_patch, stride=config.video_patch)
         self.image_patcher = nn.Conv2d(config.image_latent_shape[0], d, kernel_size=config.image_patch_hw,
                                        stride=config.image_patch_hw)
@@ -231,7 +232,8 @@ class InputProjector(nn.Module):
             self.noise_level_embedder = nn.Sequential(TimestepEmbedding(d), nn.Linear(d * 4, d))
         else:
             c_audio = config.audio_latent_shape[0]
-            self.audio_patcher = nn.Conv1d(c_audio, d, kernel_size=config.audio_patch, stride=config.audio_patch)
+            in_audio = 2 * c_audio if config.self_condition else c_audio
+            self.audio_patcher = nn.Conv1d(in_audio, d, kernel_size=config.audio_patch, stride=config.audio_patch)
             self.audio_patch_size = config.audio_patch * c_audio
         if config.image_feature_dim:
             self.image_feature_embedder = nn.Linear(config.image_feature_dim, d)
@@ -248,6 +250,8 @@ class InputProjector(nn.Module):
         image_features: torch.Tensor | None = None,
         has_image: torch.Tensor | None = None,
         drop_condition: torch.Tensor | None = None,
+        self_cond_video: torch.Tensor | None = None,
+        self_cond_audio: torch.Tensor | None = None,
     ) -> ProjectedInputs:
         cfg = self.config
         b = noisy_video.shape[0]
@@ -283,6 +287,13 @@ class InputProjector(nn.Module):
             low_res = F.interpolate(low_res_video, size=noisy_video.shape[2:], mode="nearest")
             noisy_video = torch.cat([noisy_video, low_res], dim=1)
             cond = cond + self.noise_level_embedder(low_res_noise_level)
+        if cfg.self_condition:
+            if self_cond_video is None:  # no estimate yet
+                self_cond_video = torch.zeros_like(noisy_video[:, : cfg.video_latent_shape[0]])
+            noisy_video = torch.cat([noisy_video, self_cond_video], dim=1)
+            if noisy_audio is not None:
+                previous_audio = torch.zeros_like(noisy_audio) if self_cond_audio is None else self_cond_audio
+                noisy_audio = torch.cat([noisy_audio, previous_audio], dim=1)
         video = rearrange(self.video_patcher(noisy_video), "b d f h w -> b (f h w) d")
         audio = None
         if not cfg.is_upsampler:
@@ -429,14 +440,18 @@ class JointDenoisingTransformer(nn.Module):
         image_features: torch.Tensor | None = None,
         has_image: torch.Tensor | None = None,
         drop_condition: torch.Tensor | None = None,
+        self_cond_video: torch.Tensor | None = None,
+        self_cond_audio: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """noisy_video (B, C, F, H, W); noisy_audio (B, Ca, L) or None (upsampler); t (B,) timesteps;
         context: caption embedding; low_res_video (B, C, F, h, w) and low_res_noise_level (B,) for the
         upsampler; image_latent (B, C, H, W) with has_image (B,) bool (rows without an input image, as
-        t2v items in a mixed batch, are masked out); image_features (B, E) from CLIP; drop_condition (B,) bool: use the null condition for these rows."""
+        t2v items in a mixed batch, are masked out); image_features (B, E) from CLIP; drop_condition (B,) bool:
+        use the null condition for these rows; self_cond_video / self_cond_audio: the previous clean-latent
+        estimates when config.self_condition (None: zeros, no estimate yet)."""
         projected = self.input_proj(
             noisy_video, noisy_audio, t, context, low_res_video, low_res_noise_level,
-            image_latent, image_features, has_image, drop_condition,
+            image_latent, image_features, has_image, drop_condition, self_cond_video, self_cond_audio,
         )
         x, mask = self.token_builder(projected)
         x = self.patch_transformer(x, projected.cond, mask)

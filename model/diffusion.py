@@ -71,6 +71,19 @@ def diffusion_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.
     raise ValueError(f"unsupported prediction_type {kind!r}")
 
 
+def predicted_x0(scheduler, noisy: torch.Tensor, prediction: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The clean-latent estimate implied by a model output in the scheduler's target space."""
+    kind = scheduler.config.prediction_type
+    if kind == "sample":
+        return prediction
+    alpha = scheduler.alphas_cumprod.to(noisy.device)[t].to(noisy.dtype).view(-1, *([1] * (noisy.dim() - 1)))
+    if kind == "epsilon":
+        return (noisy - (1 - alpha).sqrt() * prediction) / alpha.sqrt()
+    if kind == "v_prediction":
+        return alpha.sqrt() * noisy - (1 - alpha).sqrt() * prediction
+    raise ValueError(f"unsupported prediction_type {kind!r}")
+
+
 def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
 
@@ -112,6 +125,7 @@ def base_denoiser_loss(
     image_features: torch.Tensor | None = None,
     timestep_logit_mean: float | None = None,
     timestep_logit_std: float = 1.0,
+    self_condition_rate: float = 0.5,
 ) -> BaseLoss:
     """One DDPM training step's losses for the base model. Video and audio share the timestep:
     they are one joint sample, denoised together."""
@@ -119,10 +133,23 @@ def base_denoiser_loss(
     t = _timesteps(b, scheduler.config.num_train_timesteps, generator, device, timestep_logit_mean, timestep_logit_std)
     noise_v, noise_a = _randn_like(video_latent, generator), _randn_like(audio_latent, generator)
     drop = _dropout(b, cond_dropout, generator, device)
-    pred_v, pred_a = model(
-        scheduler.add_noise(video_latent, noise_v, t), scheduler.add_noise(audio_latent, noise_a, t), t, context,
-        image_latent=image_latent, has_image=has_image, image_features=image_features, drop_condition=drop,
-    )
+    noisy_v, noisy_a = scheduler.add_noise(video_latent, noise_v, t), scheduler.add_noise(audio_latent, noise_a, t)
+    extra = dict(image_latent=image_latent, has_image=has_image, image_features=image_features)
+    self_cond: dict[str, torch.Tensor] = {}
+    if model.config.self_condition:
+        # Half the items first get the model's own estimate (no gradient), as sampling will give it.
+        rows = (torch.rand(b, generator=generator) < self_condition_rate).nonzero().squeeze(1).to(device)
+        previous_v, previous_a = torch.zeros_like(video_latent), torch.zeros_like(audio_latent)
+        if len(rows):
+            with torch.no_grad():
+                pv, pa = model(
+                    noisy_v[rows], noisy_a[rows], t[rows], context.select(rows), drop_condition=drop[rows],
+                    **{k: None if v is None else v[rows] for k, v in extra.items()},
+                )
+            previous_v[rows] = predicted_x0(scheduler, noisy_v[rows], pv, t[rows])
+            previous_a[rows] = predicted_x0(scheduler, noisy_a[rows], pa, t[rows])
+        self_cond = dict(self_cond_video=previous_v, self_cond_audio=previous_a)
+    pred_v, pred_a = model(noisy_v, noisy_a, t, context, drop_condition=drop, **extra, **self_cond)
     assert pred_a is not None
     return BaseLoss(
         F.mse_loss(pred_v, diffusion_target(scheduler, video_latent, noise_v, t)),
@@ -201,13 +228,19 @@ def sample_latents(
         extra["low_res_video"] = train_scheduler.add_noise(low_res_video, noise, level)
         extra["low_res_noise_level"] = level
 
+    previous = torch.zeros_like(x) if cfg.self_condition else None
     for t in scheduler.timesteps:
         model_in = scheduler.scale_model_input(x, t)
         video = model_in[:, :n_video].reshape(video_shape)
         audio = None if audio_shape is None else model_in[:, n_video:].reshape(audio_shape)
         ts = torch.full((b,), int(t), dtype=torch.long, device=device)
+        if previous is not None:
+            extra["self_cond_video"] = previous[:, :n_video].reshape(video_shape)
+            extra["self_cond_audio"] = None if audio_shape is None else previous[:, n_video:].reshape(audio_shape)
         pred_v, pred_a = model.forward_with_cfg(video, audio, ts, context, guidance, **extra)
         out = pred_v.reshape(b, -1) if pred_a is None else torch.cat([pred_v.reshape(b, -1), pred_a.reshape(b, -1)], 1)
+        if previous is not None:
+            previous = predicted_x0(train_scheduler, model_in, out, ts)  # the guided estimate
         x = scheduler.step(out, t, x, generator=generator).prev_sample
     video = x[:, :n_video].reshape(video_shape)
     audio = None if audio_shape is None else x[:, n_video:].reshape(audio_shape)

@@ -326,3 +326,50 @@ def test_logit_normal_timesteps_move_the_training_noise_levels():
     assert high.float().mean() > 650                      # sigmoid(N(1, 1)) has mean ~0.70
     assert (centred - 500).abs().float().mean() < (uniform - 500).abs().float().mean()  # mass moves to the middle
     assert torch.equal(high, draw(logit_mean=1.0))         # seeded
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_predicted_x0_inverts_every_target(kind):
+    from model.diffusion import diffusion_target, predicted_x0
+
+    scheduler = make_noise_scheduler(prediction_type=kind)
+    g = torch.Generator().manual_seed(0)
+    x0, noise, t = torch.randn(3, 4, 2, generator=g), torch.randn(3, 4, 2, generator=g), torch.tensor([5, 500, 950])
+    noisy = scheduler.add_noise(x0, noise, t)
+    assert torch.allclose(predicted_x0(scheduler, noisy, diffusion_target(scheduler, x0, noise, t), t), x0, atol=1e-4)
+
+
+def test_self_conditioning_reads_the_previous_estimate(tiny_params):
+    from copy import deepcopy
+
+    params = deepcopy(tiny_params)
+    params["denoiser"]["base"]["self_condition"] = True
+    params["denoiser"]["upsampler"]["self_condition"] = True  # base only: the upsampler ignores it
+    cfg = from_params(params)
+    assert cfg.base.self_condition and not cfg.upsampler.self_condition
+    model = _perturbed(JointDenoisingTransformer(cfg.base)).eval()
+    video, audio, t, ctx = base_inputs(cfg, batch=2)
+    plain_v, plain_a = model(video, audio, t, ctx)
+    zero_v, zero_a = model(video, audio, t, ctx, self_cond_video=torch.zeros_like(video),
+                           self_cond_audio=torch.zeros_like(audio))
+    assert torch.equal(plain_v, zero_v) and torch.equal(plain_a, zero_a)  # no estimate yet = zeros
+    prev_v, prev_a = model(video, audio, t, ctx, self_cond_video=torch.randn_like(video),
+                           self_cond_audio=torch.randn_like(audio))
+    assert not torch.allclose(plain_v, prev_v, atol=1e-4) and not torch.allclose(plain_a, prev_a, atol=1e-4)
+
+    scheduler = make_noise_scheduler(prediction_type="sample")
+    model.train()
+    video8, audio8, _, ctx8 = base_inputs(cfg, batch=8)  # about half of the items get an estimate
+    losses = [base_denoiser_loss(model, scheduler, video8, audio8, ctx8, generator=torch.Generator().manual_seed(3))
+              for _ in range(2)]
+    assert torch.equal(losses[0].total, losses[1].total)
+    losses[0].total.backward()
+    patcher = model.input_proj.video_patcher.weight  # (D, 2C, ...): noisy latent and previous estimate
+    assert patcher.shape[1] == 2 * cfg.base.video_latent_shape[0]
+    assert patcher.grad[:, cfg.base.video_latent_shape[0]:].abs().sum() > 0  # the estimate was fed in training
+
+    model.eval()
+    runs = [sample_latents(model, scheduler, ctx, steps=3, guidance=2.0, generator=torch.Generator().manual_seed(1))
+            for _ in range(2)]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert torch.isfinite(runs[0][0]).all()
