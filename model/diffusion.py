@@ -136,13 +136,15 @@ def base_denoiser_loss(
     noisy_v, noisy_a = scheduler.add_noise(video_latent, noise_v, t), scheduler.add_noise(audio_latent, noise_a, t)
     extra = dict(image_latent=image_latent, has_image=has_image, image_features=image_features)
     self_cond: dict[str, torch.Tensor] = {}
-    if model.config.self_condition:
-        # Half the items first get the model's own estimate (no gradient), as sampling will give it.
+    inner = getattr(model, "module", model)  # the model itself under DistributedDataParallel
+    if inner.config.self_condition:
+        # A share of the items (self_condition_rate) first gets the model's own estimate, without
+        # gradient, as sampling will give it.
         rows = (torch.rand(b, generator=generator) < self_condition_rate).nonzero().squeeze(1).to(device)
         previous_v, previous_a = torch.zeros_like(video_latent), torch.zeros_like(audio_latent)
         if len(rows):
             with torch.no_grad():
-                pv, pa = model(
+                pv, pa = inner(
                     noisy_v[rows], noisy_a[rows], t[rows], context.select(rows), drop_condition=drop[rows],
                     **{k: None if v is None else v[rows] for k, v in extra.items()},
                 )

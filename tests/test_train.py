@@ -195,11 +195,14 @@ def test_mlflow_run_has_metrics_params_and_artifacts(data_dir, tmp_path, monkeyp
     assert {p.name for p in pngs} >= {"loss_vae.png", "loss_denoiser.png"}
 
 
-def test_ddp_two_processes_on_cpu(data_dir, tmp_path):
+@pytest.mark.parametrize("self_condition", [False, True])
+def test_ddp_two_processes_on_cpu(data_dir, tmp_path, self_condition):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "tasks.train", "--data", str(data_dir), "--out", str(out)]
-    for o in TRAIN_OVERRIDES + ["train.vae_steps=10", "train.denoiser_steps=12", "train.checkpoint_every=100"]:
+    steps = ["train.vae_steps=10", "train.denoiser_steps=12", "train.checkpoint_every=100",
+             f"denoiser.base.self_condition={str(self_condition).lower()}"]
+    for o in TRAIN_OVERRIDES + steps:
         cmd += ["--set", o]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
