@@ -428,12 +428,11 @@ def train_denoisers(latents: dict[str, Any], manifest, cfg, params: dict[str, An
     feats = latents.get("image_features")
     batch_size = int(t["batch_size"])
     logit_mean = None if d.get("timestep_logit_mean") is None else float(d["timestep_logit_mean"])
+    logit_std = float(d.get("timestep_logit_std", 1.0))
     up_batch = int(t.get("upsampler_batch_size") or batch_size)
     if up_batch < 1:
         raise UserError(f"train.upsampler_batch_size={up_batch}: must be at least 1 (null: train.batch_size)")
     up_share = min(up_batch, batch_size) / batch_size  # capped: a smaller --set train.batch_size needs no second edit
-
-    logit_std = float(d.get("timestep_logit_std", 1.0))
 
     def batch(rows):
         """Items `rows` of the latent cache: a getter, the caption, has_image, image features."""
