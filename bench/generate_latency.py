@@ -31,10 +31,19 @@ def main() -> None:
     parser.add_argument("--settings", default="dpm:10/5,dpm:10,dpm:20,ddim:20,ddpm:50",
                         help="comma list of sampler:steps[/upsampler_steps] (ddpm:50 is the article's setting)")
     parser.add_argument("--prompts", type=int, default=24, help="held-out prompts per setting for accuracy")
-    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: params sample.guidance)")
+    parser.add_argument("--guidance-interval", default=None,
+                        help="LO,HI timesteps where guidance applies, or 'all' (default: params sample.guidance_interval)")
     parser.add_argument("--repeats", type=int, default=3, help="timed batch-1 clips per setting (median)")
     args = parser.parse_args()
 
+    from tasks.params import load_params
+
+    sample = load_params()["sample"]
+    guidance = float(sample["guidance"] if args.guidance is None else args.guidance)
+    interval = sample.get("guidance_interval") if args.guidance_interval is None else \
+        (None if args.guidance_interval == "all" else [int(v) for v in args.guidance_interval.split(",")])
+    interval = None if interval is None else (int(interval[0]), int(interval[1]))
     torch.manual_seed(0)
     pipe, _ = load_pipeline(args.checkpoint)
     specs, _, _, split = holdout_specs(args.data, args.prompts)
@@ -52,13 +61,15 @@ def main() -> None:
         one = []
         for r in range(args.repeats):
             t0 = time.perf_counter()
-            pipe.generate_content(prompts[r % len(prompts)], steps=steps, sampler=sampler, guidance=args.guidance, seed=r,
+            pipe.generate_content(prompts[r % len(prompts)], steps=steps, sampler=sampler, guidance=guidance,
+                                  guidance_interval=interval, seed=r,
                                   upsampler_steps=up_steps)
             one.append(time.perf_counter() - t0)
         detected, t8 = [], []
         for k in range(0, len(prompts), 8):
             t0 = time.perf_counter()
-            out = pipe.generate_content(prompts[k:k + 8], steps=steps, sampler=sampler, guidance=args.guidance, seed=k,
+            out = pipe.generate_content(prompts[k:k + 8], steps=steps, sampler=sampler, guidance=guidance,
+                                        guidance_interval=interval, seed=k,
                                         upsampler_steps=up_steps)
             t8.append((time.perf_counter() - t0) / len(prompts[k:k + 8]))
             detected += [detect_all(out.video[i].permute(1, 2, 3, 0).numpy(), out.audio[i].numpy(), out.sample_rate)
@@ -90,7 +101,7 @@ def main() -> None:
 
     ref = next((r for r in rows if r["setting"] == "ddpm:50"), rows[-1])
     print(f"# generate latency  torch {torch.__version__}  threads {torch.get_num_threads()}  {platform.processor() or platform.machine()}")
-    print(f"# {len(prompts)} {split} prompts, guidance {args.guidance}; ratio = {ref['setting']} time / this time")
+    print(f"# {len(prompts)} {split} prompts, guidance {guidance} at t in {interval or 'every step'}; ratio = {ref['setting']} time / this time")
     keys = ["color", "shape", "direction", "pitch", "all_four"]
     print(f"{'setting':<10} {'s/clip b1':>9} {'s/clip b8':>9} {'x b1':>6} {'x b8':>6} " + " ".join(f"{k:>9}" for k in keys))
     for r in rows:

@@ -27,7 +27,7 @@ from .vae import AudioVAE, VideoVAE
 @dataclass
 class GeneratedContent:
     video: torch.Tensor       # (B, 3, F, H, W) in [0, 1]: the upsampler's output
-    base_video: torch.Tensor  # (B, 3, F, h, w) in [0, 1]: the base model's output
+    base_video: torch.Tensor | None  # (B, 3, F, h, w) in [0, 1]: the base model's output (decode_base=True)
     audio: torch.Tensor       # (B, N) in [-1, 1]
     sample_rate: int
     fps: float
@@ -85,12 +85,15 @@ class TinyVeo(nn.Module):
         *,
         steps: int = 20,
         guidance: float = 4.0,
+        guidance_interval: tuple[int, int] | None = None,
         sampler: str = "dpm",
         seed: int = 0,
         upsampler_noise_level: int = 100,
         upsampler_steps: int | None = None,
+        decode_base: bool = False,
     ) -> GeneratedContent:
         """Prompt(s) (and an optional first-frame image in [0, 1]) -> decoded video and audio.
+        `decode_base` also decodes the base model's low-res video (a diagnostic; it costs a decode).
 
         The same (prompts, image, settings, seed) give identical output on CPU.
         """
@@ -105,17 +108,17 @@ class TinyVeo(nn.Module):
         image = self._image_inputs(input_image, len(prompts)) if input_image is not None else {}
         base_video, audio = sample_latents(
             self.base, self.train_scheduler, context, sampler=sampler, steps=steps, guidance=guidance,
-            generator=generator, **image.get("base", {}),
+            guidance_interval=guidance_interval, generator=generator, **image.get("base", {}),
         )
         up_video, _ = sample_latents(
             self.upsampler, self.upsampler_scheduler, context, sampler=sampler, steps=upsampler_steps or steps,
-            guidance=guidance, generator=generator, low_res_video=base_video,
+            guidance=guidance, guidance_interval=guidance_interval, generator=generator, low_res_video=base_video,
             low_res_noise_level=upsampler_noise_level, **image.get("upsampler", {}),
         )
         assert audio is not None
         return GeneratedContent(
             video=self.video_vae.decode(up_video).clamp(0, 1).cpu(),
-            base_video=self.video_vae.decode(base_video).clamp(0, 1).cpu(),
+            base_video=self.video_vae.decode(base_video).clamp(0, 1).cpu() if decode_base else None,
             audio=self.audio_vae.decode(audio)[:, 0].clamp(-1, 1).cpu(),
             sample_rate=self.audio_vae.config.sample_rate,
             fps=self.fps,

@@ -234,6 +234,16 @@ def write_sample(out: Path, name: str, video, audio, sample_rate: int, fps: floa
 
 # ---- the step -----------------------------------------------------------------------------------
 
+def _guidance_interval(value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(isinstance(v, int) for v in value) \
+            or not 0 <= value[0] <= value[1]:
+        raise UserError(f"sample.guidance_interval must be [lo, hi] timesteps with 0 <= lo <= hi (or null: every "
+                        f"step), got {value!r}")
+    return int(value[0]), int(value[1])
+
+
 def sample_settings(params: dict[str, Any], steps: int | None = None, guidance: float | None = None,
                     sampler: str | None = None) -> dict[str, Any]:
     from model import SAMPLERS
@@ -243,7 +253,8 @@ def sample_settings(params: dict[str, Any], steps: int | None = None, guidance: 
            "guidance": float(guidance if guidance is not None else s["guidance"]),
            "sampler": str(sampler or s["sampler"]),
            "upsampler_noise_level": int(s["upsampler_noise_level"]),
-           "upsampler_steps": int(s.get("upsampler_steps") or 0) or None}
+           "upsampler_steps": int(s.get("upsampler_steps") or 0) or None,
+           "guidance_interval": _guidance_interval(s.get("guidance_interval"))}
     if out["sampler"] not in SAMPLERS:
         raise UserError(f"sampler must be one of {', '.join(SAMPLERS)}, got {out['sampler']!r}")
     if out["steps"] < 1:

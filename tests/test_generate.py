@@ -25,7 +25,7 @@ def pipe(trained_checkpoint):
 
 
 def test_generate_content_shapes_ranges_and_seed(pipe):
-    a = pipe.generate_content(PROMPTS, steps=3, guidance=4.0, sampler="dpm", seed=1)
+    a = pipe.generate_content(PROMPTS, steps=3, guidance=4.0, sampler="dpm", seed=1, decode_base=True)
     b = pipe.generate_content(PROMPTS, steps=3, guidance=4.0, sampler="dpm", seed=1)
     c = pipe.generate_content(PROMPTS, steps=3, guidance=4.0, sampler="dpm", seed=2)
     assert a.video.shape == (2, 3, 16, 64, 64) and a.base_video.shape == (2, 3, 16, 32, 32)
@@ -33,6 +33,7 @@ def test_generate_content_shapes_ranges_and_seed(pipe):
     assert 0 <= float(a.video.min()) and float(a.video.max()) <= 1
     assert -1 <= float(a.audio.min()) and float(a.audio.max()) <= 1 and float(a.audio.abs().max()) > 0.5
     assert torch.equal(a.video, b.video) and torch.equal(a.audio, b.audio)
+    assert b.base_video is None  # decoded only when asked
     assert not torch.equal(a.video, c.video)
 
 
@@ -83,6 +84,7 @@ def test_generate_writes_mp4_with_aac_wav_png_and_is_reproducible(trained_checkp
     assert Path(rec["png"]).stat().st_size > 1000
     lines = (tmp_path / "a" / "samples.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["prompt"] == PROMPTS[0]
+    assert json.loads(lines[0])["guidance_interval"] == params["sample"]["guidance_interval"]
 
 
 def test_prompt_files_text_and_jsonl(tmp_path):
@@ -125,6 +127,9 @@ def test_generate_errors_name_the_problem(trained_checkpoint, tmp_path, capsys):
     err = _cli_error(capsys, "generate", "--checkpoint", str(trained_checkpoint), "--prompt", "x", "--image",
                      str(tmp_path / "missing.png"), "--out", out)
     assert "missing.png: image not found" in err
+    err = _cli_error(capsys, "generate", "--checkpoint", str(trained_checkpoint), "--prompt", "x", "--out", out,
+                     "--set", "sample.guidance_interval=[900,100]")
+    assert "sample.guidance_interval must be [lo, hi]" in err and "[900, 100]" in err
 
     def edited_copy(name: str, edit) -> str:
         copy = tmp_path / name

@@ -232,6 +232,39 @@ def test_classifier_free_guidance(tiny_params):
     assert torch.allclose(g4_a, null_a + 4.0 * (cond_a - null_a), atol=1e-5)
 
 
+def test_guidance_interval_guides_only_inside_it(tiny_params):
+    cfg = from_params(tiny_params)
+    scheduler = make_noise_scheduler()
+    base = _perturbed(JointDenoisingTransformer(cfg.base)).eval()
+    ctx = random_context(2, cfg.base.max_text_tokens, valid=4)
+    calls: list[tuple[int, float]] = []
+    forward_with_cfg = base.forward_with_cfg
+
+    def spy(video, audio, t, context, guidance, **kwargs):
+        calls.append((int(t[0]), guidance))
+        return forward_with_cfg(video, audio, t, context, guidance, **kwargs)
+
+    base.forward_with_cfg = spy  # type: ignore[method-assign]
+
+    def run(**kw):
+        calls.clear()
+        v, a = sample_latents(base, scheduler, ctx, sampler="dpm", steps=4, generator=torch.Generator().manual_seed(0), **kw)
+        return v, list(calls)
+
+    everywhere, _ = run(guidance=3.0)
+    whole_range, _ = run(guidance=3.0, guidance_interval=(0, 1000))
+    assert torch.equal(everywhere, whole_range)
+    unguided, _ = run(guidance=1.0)
+    empty, scales = run(guidance=3.0, guidance_interval=(1000, 1000))
+    assert torch.equal(unguided, empty) and {g for _, g in scales} == {1.0}
+    partial, scales = run(guidance=3.0, guidance_interval=(500, 1000))
+    assert [g for _, g in scales] == [3.0 if t >= 500 else 1.0 for t, _ in scales]
+    assert {g for _, g in scales} == {1.0, 3.0}  # 4 DPM steps span the range: both kinds ran
+    assert not torch.equal(partial, everywhere) and not torch.equal(partial, unguided)
+    with pytest.raises(ValueError, match="guidance_interval"):
+        run(guidance=3.0, guidance_interval=(800, 700))
+
+
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm"])
 def test_sampler_shapes_and_seed_determinism(tiny_params, sampler):
     cfg = from_params(tiny_params)
