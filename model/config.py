@@ -30,7 +30,7 @@ class AudioVAEConfig:
     latent_channels: int = 8
     time_downsample: int = 4
     hidden_channels: int = 128
-    griffin_lim_iters: int = 32
+    griffin_lim_iters: int = 16
     log_mel_offset: float = 5.0
     log_mel_scale: float = 6.0
     kl_weight: float = 1e-6

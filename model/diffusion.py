@@ -244,6 +244,7 @@ def sample_latents(
         extra["low_res_noise_level"] = level
 
     previous = torch.zeros_like(x) if cfg.self_condition else None
+    captions: dict = {}  # the caption states, computed at the first step and reused
     for t in scheduler.timesteps:
         model_in = scheduler.scale_model_input(x, t)
         video = model_in[:, :n_video].reshape(video_shape)
@@ -253,7 +254,7 @@ def sample_latents(
             extra["self_cond_video"] = previous[:, :n_video].reshape(video_shape)
             extra["self_cond_audio"] = None if audio_shape is None else previous[:, n_video:].reshape(audio_shape)
         scale = guidance if lo <= int(t) <= hi else 1.0
-        pred_v, pred_a = model.forward_with_cfg(video, audio, ts, context, scale, **extra)
+        pred_v, pred_a = model.forward_with_cfg(video, audio, ts, context, scale, caption_cache=captions, **extra)
         out = pred_v.reshape(b, -1) if pred_a is None else torch.cat([pred_v.reshape(b, -1), pred_a.reshape(b, -1)], 1)
         if previous is not None:
             previous = predicted_x0(train_scheduler, model_in, out, ts)  # the guided estimate

@@ -265,6 +265,29 @@ def test_guidance_interval_guides_only_inside_it(tiny_params):
         run(guidance=3.0, guidance_interval=(800, 700))
 
 
+def test_sampler_refines_the_caption_once_per_kind(tiny_params):
+    cfg = from_params(tiny_params)
+    scheduler = make_noise_scheduler()
+    base = _perturbed(JointDenoisingTransformer(cfg.base)).eval()
+    ctx = random_context(2, cfg.base.max_text_tokens, valid=4)
+    refiner_calls = []
+    base.input_proj.text_refiner.register_forward_hook(lambda *_: refiner_calls.append(1))
+
+    def run():
+        refiner_calls.clear()
+        v, a = sample_latents(base, scheduler, ctx, sampler="dpm", steps=4, guidance=3.0, guidance_interval=(500, 1000),
+                              generator=torch.Generator().manual_seed(0))
+        return v, a, len(refiner_calls)
+
+    v, a, calls = run()
+    assert calls == 2  # guided (cond + null rows) and conditional-only, each once over 4 steps
+    forward_with_cfg = base.forward_with_cfg
+    base.forward_with_cfg = lambda *args, caption_cache=None, **kw: forward_with_cfg(*args, **kw)  # type: ignore[method-assign]
+    v_uncached, a_uncached, calls = run()
+    assert calls == 4  # once per step without the cache
+    assert torch.equal(v, v_uncached) and torch.equal(a, a_uncached)
+
+
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm"])
 def test_sampler_shapes_and_seed_determinism(tiny_params, sampler):
     cfg = from_params(tiny_params)
