@@ -22,7 +22,7 @@ def main() -> None:
 
     from tasks.detect import CHANCE, detect_all
     from tasks.evaluate import holdout_specs
-    from tasks.generate import load_pipeline
+    from tasks.generate import load_pipeline, sample_settings
     from tasks.metrics import attribute_accuracy
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,11 +39,10 @@ def main() -> None:
 
     from tasks.params import load_params
 
-    sample = load_params()["sample"]
-    guidance = float(sample["guidance"] if args.guidance is None else args.guidance)
-    interval = sample.get("guidance_interval") if args.guidance_interval is None else \
-        (None if args.guidance_interval == "all" else [int(v) for v in args.guidance_interval.split(",")])
-    interval = None if interval is None else (int(interval[0]), int(interval[1]))
+    defaults = sample_settings(load_params(), guidance=args.guidance)  # reads and checks the sample group
+    guidance = defaults["guidance"]
+    interval = defaults["guidance_interval"] if args.guidance_interval is None else \
+        (None if args.guidance_interval == "all" else tuple(int(v) for v in args.guidance_interval.split(",")))
     torch.manual_seed(0)
     pipe, _ = load_pipeline(args.checkpoint)
     specs, _, _, split = holdout_specs(args.data, args.prompts)
