@@ -46,6 +46,7 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
     from model import (ConditioningEncoder, JointDenoisingTransformer, TextEmbedding, base_denoiser_loss,
                        from_params, noise_schedulers, upsampler_loss)
     from tasks.dataset import MultiModalDataset
+    from tasks.train import make_optimizer
 
     torch.manual_seed(0)
     c, d, t = params["conditioning"], params["diffusion"], params["train"]
@@ -53,14 +54,15 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
     encoder = ConditioningEncoder.from_params(c)
     cfg = from_params(params, context_dim=encoder.text_dim)
     b_cfg = cfg.base
-    # tinyveo: base + upsampler, cached latents and caption states (random here: shapes are what counts).
+    # tinyveo: base + upsampler on random latents (shapes are what counts) and cached caption states.
     base, up = JointDenoisingTransformer(cfg.base), JointDenoisingTransformer(cfg.upsampler)
     tv_params = list(base.parameters()) + list(up.parameters())
-    tv_opt = torch.optim.AdamW(tv_params, lr=1e-4)
+    tv_opt = make_optimizer(tv_params, 1e-4, 0.0)  # as tinyveo trains (fused AdamW)
     sched, up_sched = noise_schedulers(d)
-    L = b_cfg.max_text_tokens
-    ctx = TextEmbedding(torch.randn(batch, encoder.text_dim), torch.randn(batch, L, encoder.text_dim),
-                        torch.ones(batch, L, dtype=torch.bool))
+    items = ArticleDataset(MultiModalDataset(data_dir / "cache", split="train"))
+    real = collate([items[i] for i in range(batch)])
+    # The caption states of the batch's real captions (their padding decides how many tokens run).
+    ctx = encoder.get_text_embeds(list(real["raw_caption"]))
     v_base, v_up = torch.randn(batch, *cfg.base.video_latent_shape), torch.randn(batch, *cfg.upsampler.video_latent_shape)
     aud = torch.randn(batch, *cfg.base.audio_latent_shape)
     img_b, img_u = torch.randn(batch, *cfg.base.image_latent_shape), torch.randn(batch, *cfg.upsampler.image_latent_shape)
@@ -81,9 +83,7 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
     ref = ArticleModel(encoder, ReferenceConfig(dim=b_cfg.dim, depth=b_cfg.depth, heads=b_cfg.heads,
                                                 text_dim=encoder.text_dim))
     ref_params = list(ref.parameters())
-    ref_opt = torch.optim.AdamW(ref_params, lr=1e-4)
-    items = ArticleDataset(MultiModalDataset(data_dir / "cache", split="train"))
-    real = collate([items[i] for i in range(batch)])
+    ref_opt = torch.optim.AdamW(ref_params, lr=1e-4)  # as the article's loop
     with torch.no_grad():
         r_base, r_up = ref.video_vae.encode(real["video_base"]), ref.video_vae.encode(real["video_upsampled"])
         r_aud, r_ctx = ref.audio_vae.encode(real["audio"]), ref.context(real["raw_caption"])

@@ -51,6 +51,7 @@ def run_smoke(
     )
 
     from .runtime import pick_device, seed_everything
+    from .train import make_optimizer
 
     start = time.perf_counter()
     seed_everything(seed)
@@ -103,7 +104,7 @@ def run_smoke(
     result = SmokeResult(before=evaluate())
     modules = [video_vae, audio_vae, base, upsampler]
     params_all = [p for m in modules for p in m.parameters()]
-    optimizer = torch.optim.AdamW(params_all, lr=float(params["train"]["lr"]), weight_decay=float(params["train"]["weight_decay"]))
+    optimizer = make_optimizer(params_all, float(params["train"]["lr"]), float(params["train"]["weight_decay"]))
     train_gen = torch.Generator().manual_seed(seed + 3)
     for _ in tqdm(range(steps), desc="smoke", disable=not progress, unit="step"):
         optimizer.zero_grad(set_to_none=True)

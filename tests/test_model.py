@@ -218,6 +218,27 @@ def test_image_tokens_are_masked_for_items_without_an_image(tiny_params):
     assert not torch.allclose(no_image, used, atol=1e-4)
 
 
+def test_positions_masked_in_every_row_are_left_out_with_the_same_result(tiny_params):
+    cfg = from_params(tiny_params)
+    model = _perturbed(JointDenoisingTransformer(cfg.base)).eval()
+    video, audio, t, ctx = base_inputs(cfg, batch=2)  # 5 of the caption tokens used, no image
+    seen = []
+    hook = model.patch_transformer.transformer_blocks[0].register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1]))
+    alone_v, alone_a = model(video, audio, t, ctx)
+    # A third row with a full caption and an input image uses every position, so nothing is left out.
+    g = torch.Generator().manual_seed(1)
+    extra = random_context(1, cfg.base.max_text_tokens, seed=1)
+    both = TextEmbedding(torch.cat([ctx.pooled, extra.pooled]), torch.cat([ctx.tokens, extra.tokens]),
+                         torch.cat([ctx.mask, extra.mask]))
+    image = torch.randn(3, *cfg.base.image_latent_shape, generator=g)
+    full_v, full_a = model(torch.cat([video, video[:1]]), torch.cat([audio, audio[:1]]), torch.cat([t, t[:1]]), both,
+                           image_latent=image, has_image=torch.tensor([False, False, True]))
+    hook.remove()
+    n_text, n_image = cfg.base.max_text_tokens, cfg.base.image_grid[0] * cfg.base.image_grid[1]
+    assert seen == [model.patch_transformer.pos_embed.shape[1] - (n_text - 5) - n_image, model.patch_transformer.pos_embed.shape[1]]
+    assert torch.allclose(alone_v, full_v[:2], atol=1e-5) and torch.allclose(alone_a, full_a[:2], atol=1e-5)
+
+
 def test_classifier_free_guidance(tiny_params):
     cfg = from_params(tiny_params)
     model = _perturbed(JointDenoisingTransformer(cfg.base)).eval()
