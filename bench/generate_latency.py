@@ -35,11 +35,15 @@ def main() -> None:
     parser.add_argument("--guidance-interval", default=None,
                         help="LO,HI timesteps where guidance applies, or 'all' (default: params sample.guidance_interval)")
     parser.add_argument("--repeats", type=int, default=3, help="timed batch-1 clips per setting (median)")
+    parser.add_argument("--precision", default=None, choices=["auto", "bf16", "fp32"],
+                        help="tinyveo's sampling precision (default: params sample.precision); the article's runs in fp32")
     args = parser.parse_args()
 
     from tasks.params import load_params
 
-    defaults = sample_settings(load_params(), guidance=args.guidance)  # reads and checks the sample group
+    overrides = [] if args.precision is None else [f"sample.precision={args.precision}"]
+    defaults = sample_settings(load_params(overrides=overrides), guidance=args.guidance)  # reads and checks the sample group
+    precision = defaults["precision"]
     guidance = defaults["guidance"]
     interval = defaults["guidance_interval"] if args.guidance_interval is None else \
         (None if args.guidance_interval == "all" else tuple(int(v) for v in args.guidance_interval.split(",")))
@@ -54,7 +58,7 @@ def main() -> None:
 
     settings = [parse(s) for s in args.settings.split(",")]
     for n in (1, 8):  # warm-up at both batch sizes (first-call allocations, oneDNN primitives, lazy imports)
-        pipe.generate_content(prompts[:n], steps=2)
+        pipe.generate_content(prompts[:n], steps=2, precision=precision)
 
     rows = []
     for sampler, steps, up_steps in settings:
@@ -63,14 +67,14 @@ def main() -> None:
             t0 = time.perf_counter()
             pipe.generate_content(prompts[r % len(prompts)], steps=steps, sampler=sampler, guidance=guidance,
                                   guidance_interval=interval, seed=r,
-                                  upsampler_steps=up_steps)
+                                  upsampler_steps=up_steps, precision=precision)
             one.append(time.perf_counter() - t0)
         detected, t8 = [], []
         for k in range(0, len(prompts), 8):
             t0 = time.perf_counter()
             out = pipe.generate_content(prompts[k:k + 8], steps=steps, sampler=sampler, guidance=guidance,
                                         guidance_interval=interval, seed=k,
-                                        upsampler_steps=up_steps)
+                                        upsampler_steps=up_steps, precision=precision)
             t8.append((time.perf_counter() - t0) / len(prompts[k:k + 8]))
             detected += [detect_all(out.video[i].permute(1, 2, 3, 0).numpy(), out.audio[i].numpy(), out.sample_rate)
                          for i in range(out.video.shape[0])]
@@ -102,7 +106,11 @@ def main() -> None:
 
     ref = next((r for r in rows if r["setting"] == "ddpm:50"), rows[-1])
     print(f"# generate latency  torch {torch.__version__}  threads {torch.get_num_threads()}  {platform.processor() or platform.machine()}")
-    print(f"# {len(prompts)} {split} prompts, guidance {guidance} at t in {interval or 'every step'}; ratio = {ref['setting']} time / this time")
+    from model.precision import autocast_dtype
+
+    amp = "bf16 autocast" if autocast_dtype(precision, pipe.device) is not None else "fp32"
+    print(f"# {len(prompts)} {split} prompts, guidance {guidance} at t in {interval or 'every step'}, tinyveo in {amp} "
+          f"(sample.precision={precision}); ratio = {ref['setting']} time / this time")
     keys = ["color", "shape", "direction", "pitch", "all_four"]
     print(f"{'setting':<10} {'s/clip b1':>9} {'s/clip b8':>9} {'x b1':>6} {'x b8':>6} " + " ".join(f"{k:>9}" for k in keys))
     for r in rows:

@@ -8,7 +8,10 @@ alternating rounds in this one run. Not a test.
 The comparison times two things for each model: the denoiser step alone (noise, forward and backward
 of base + upsampler, clipping, AdamW) on latents of each model's own shapes, and the whole training
 step as each loop runs it: the article re-encodes video, audio and captions through the VAEs and the
-text encoder every step, tinyveo reads cached latents and caption states.
+text encoder every step, tinyveo reads cached latents and caption states. tinyveo trains in its
+train.precision (bf16 autocast where the hardware runs bf16 natively; --precision fp32 to compare);
+the article's loop runs in fp32 as written, and its denoisers are also timed under tinyveo's autocast
+so the table shows how much of the ratio is precision.
 """
 from __future__ import annotations
 
@@ -46,7 +49,8 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
     from model import (ConditioningEncoder, JointDenoisingTransformer, TextEmbedding, base_denoiser_loss,
                        from_params, noise_schedulers, upsampler_loss)
     from tasks.dataset import MultiModalDataset
-    from tasks.train import make_optimizer
+    from model.precision import autocast
+    from tasks.train import make_optimizer, training_precision
 
     torch.manual_seed(0)
     c, d, t = params["conditioning"], params["diffusion"], params["train"]
@@ -70,11 +74,14 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
     n_up = min(int(t.get("upsampler_batch_size") or batch), batch)  # as training: the upsampler sees the first n_up items
     up_ctx = TextEmbedding(ctx.pooled[:n_up], ctx.tokens[:n_up], ctx.mask[:n_up])
 
+    amp = training_precision(params, "cpu")  # as tinyveo trains: train.precision (bf16 autocast where native)
+
     def tinyveo_step() -> None:
         tv_opt.zero_grad(set_to_none=True)
-        loss = base_denoiser_loss(base, sched, v_base, aud, ctx, 0.1, image_latent=img_b, has_image=has_image).total
-        loss = loss + upsampler_loss(up, up_sched, v_up[:n_up], v_base[:n_up], up_ctx, 250, 0.1, image_latent=img_u[:n_up],
-                                     has_image=has_image[:n_up])
+        with autocast("cpu", amp):
+            loss = base_denoiser_loss(base, sched, v_base, aud, ctx, 0.1, image_latent=img_b, has_image=has_image).total
+            loss = loss + upsampler_loss(up, up_sched, v_up[:n_up], v_base[:n_up], up_ctx, 250, 0.1,
+                                         image_latent=img_u[:n_up], has_image=has_image[:n_up])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(tv_params, 1.0)
         tv_opt.step()
@@ -88,35 +95,44 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
         r_base, r_up = ref.video_vae.encode(real["video_base"]), ref.video_vae.encode(real["video_upsampled"])
         r_aud, r_ctx = ref.audio_vae.encode(real["audio"]), ref.context(real["raw_caption"])
 
-    def reference_step(encode: bool) -> None:
+    def reference_step(encode: bool, dtype=None) -> None:
         ref_opt.zero_grad(set_to_none=True)
         lat_b, lat_u, lat_a, context = r_base, r_up, r_aud, r_ctx
         if encode:  # the article's loop: every step through the VAEs and the text encoder
             with torch.no_grad():
                 lat_b, lat_u = ref.video_vae.encode(real["video_base"]), ref.video_vae.encode(real["video_upsampled"])
                 lat_a, context = ref.audio_vae.encode(real["audio"]), ref.context(real["raw_caption"])
-        loss = article_loss(ref, lat_b, lat_u, lat_a, context, torch.randint(0, 1000, (batch,)).long())
+        with autocast("cpu", dtype):
+            loss = article_loss(ref, lat_b, lat_u, lat_a, context, torch.randint(0, 1000, (batch,)).long())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ref_params, 1.0)
         ref_opt.step()
 
-    for fn in (tinyveo_step, lambda: reference_step(False), lambda: reference_step(True)):
+    # The article's loop in fp32 as written; its denoisers also under tinyveo's autocast, to show how
+    # much of the ratio is precision and how much design.
+    runs = {"tv": tinyveo_step, "den": lambda: reference_step(False), "full": lambda: reference_step(True)}
+    if amp is not None:
+        runs["den_amp"] = lambda: reference_step(False, amp)
+    for fn in runs.values():
         fn()  # warm-up
-    tv, ref_den, ref_full = [], [], []
+    times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(rounds):  # alternate so both see the same background load
-        tv += _timed(tinyveo_step, 1, steps)
-        ref_den += _timed(lambda: reference_step(False), 1, steps)
-        ref_full += _timed(lambda: reference_step(True), 1, steps)
-    m_tv, m_den, m_full = (statistics.median(x) for x in (tv, ref_den, ref_full))
+        for k, fn in runs.items():
+            times[k] += _timed(fn, 1, steps)
+    m_tv, m_den, m_full = (statistics.median(times[k]) for k in ("tv", "den", "full"))
     n = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
     print(f"\n# denoiser vs the article's at identical dims: width {b_cfg.dim}, depth {b_cfg.depth}, heads "
-          f"{b_cfg.heads}, batch {batch}; median of {rounds} alternating rounds of {steps} steps")
+          f"{b_cfg.heads}, batch {batch}; median of {rounds} alternating rounds of {steps} steps; tinyveo in "
+          f"{'bf16 autocast' if amp is not None else 'fp32'} (train.precision={params['train']['precision']})")
     print(f"{'model':<44}{'params (M)':>11}{'s/step':>9}{'samples/s':>11}{'tinyveo x':>11}")
     rows = [
         (f"tinyveo denoisers (base + upsampler on {n_up} of {batch})", n(base) + n(up), m_tv),
         ("article denoisers, latents given", n(ref.base_denoiser) + n(ref.upsampler_denoiser), m_den),
         ("article loop step (re-encodes VAEs + text)", n(ref.base_denoiser) + n(ref.upsampler_denoiser), m_full),
     ]
+    if amp is not None:
+        rows.append(("article denoisers, same bf16 autocast", n(ref.base_denoiser) + n(ref.upsampler_denoiser),
+                     statistics.median(times["den_amp"])))
     for name, params_m, sec in rows:
         print(f"{name:<44}{params_m:>11.2f}{sec:>9.3f}{batch / sec:>11.1f}{sec / m_tv:>10.2f}x")
 
@@ -132,12 +148,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--compare-steps", type=int, default=10, help="steps per round of the reference comparison")
     parser.add_argument("--compare-only", action="store_true", help="skip the stage throughput part")
+    parser.add_argument("--precision", default=None, choices=["auto", "bf16", "fp32"],
+                        help="tinyveo's training precision (default: params train.precision); the article's runs in fp32")
     args = parser.parse_args()
+    precision = [] if args.precision is None else [f"train.precision={args.precision}"]
     if args.compare_only:
-        compare_with_reference(load_params(), Path(args.data), args.compare_steps)
+        compare_with_reference(load_params(overrides=precision), Path(args.data), args.compare_steps)
         return
     params = load_params(overrides=[f"train.vae_steps={args.steps}", f"train.denoiser_steps={args.steps}",
-                                    "train.mlflow=false", f"train.checkpoint_every={10**9}"])
+                                    "train.mlflow=false", f"train.checkpoint_every={10**9}", *precision])
     t = params["train"]
     with tempfile.TemporaryDirectory() as tmp:
         summary = train(args.data, Path(tmp), params, progress=False)

@@ -21,6 +21,7 @@ from .conditioning import ConditioningEncoder
 from .config import ModelConfig
 from .denoiser import JointDenoisingTransformer
 from .diffusion import sample_latents
+from .precision import autocast, autocast_dtype
 from .vae import AudioVAE, VideoVAE
 
 
@@ -91,9 +92,12 @@ class TinyVeo(nn.Module):
         upsampler_noise_level: int = 100,
         upsampler_steps: int | None = None,
         decode_base: bool = False,
+        precision: str = "auto",
     ) -> GeneratedContent:
         """Prompt(s) (and an optional first-frame image in [0, 1]) -> decoded video and audio.
         `decode_base` also decodes the base model's low-res video (a diagnostic; it costs a decode).
+        `precision` ("auto" | "bf16" | "fp32", see model.precision): autocast of the denoisers and
+        decoders; the caption and image encodings stay fp32, as in the training latent cache.
 
         The same (prompts, image, settings, seed) give identical output on CPU.
         """
@@ -106,20 +110,24 @@ class TinyVeo(nn.Module):
         generator = torch.Generator().manual_seed(int(seed))
         context = self.encoder.get_text_embeds(prompts).to(self.device)
         image = self._image_inputs(input_image, len(prompts)) if input_image is not None else {}
-        base_video, audio = sample_latents(
-            self.base, self.train_scheduler, context, sampler=sampler, steps=steps, guidance=guidance,
-            guidance_interval=guidance_interval, generator=generator, **image.get("base", {}),
-        )
-        up_video, _ = sample_latents(
-            self.upsampler, self.upsampler_scheduler, context, sampler=sampler, steps=upsampler_steps or steps,
-            guidance=guidance, guidance_interval=guidance_interval, generator=generator, low_res_video=base_video,
-            low_res_noise_level=upsampler_noise_level, **image.get("upsampler", {}),
-        )
-        assert audio is not None
+        with autocast(self.device, autocast_dtype(precision, self.device)):
+            base_video, audio = sample_latents(
+                self.base, self.train_scheduler, context, sampler=sampler, steps=steps, guidance=guidance,
+                guidance_interval=guidance_interval, generator=generator, **image.get("base", {}),
+            )
+            up_video, _ = sample_latents(
+                self.upsampler, self.upsampler_scheduler, context, sampler=sampler, steps=upsampler_steps or steps,
+                guidance=guidance, guidance_interval=guidance_interval, generator=generator, low_res_video=base_video,
+                low_res_noise_level=upsampler_noise_level, **image.get("upsampler", {}),
+            )
+            assert audio is not None
+            video = self.video_vae.decode(up_video).clamp(0, 1).cpu()
+            base_decoded = self.video_vae.decode(base_video).clamp(0, 1).cpu() if decode_base else None
+            waveform = self.audio_vae.decode(audio)[:, 0].clamp(-1, 1).cpu()
         return GeneratedContent(
-            video=self.video_vae.decode(up_video).clamp(0, 1).cpu(),
-            base_video=self.video_vae.decode(base_video).clamp(0, 1).cpu() if decode_base else None,
-            audio=self.audio_vae.decode(audio)[:, 0].clamp(-1, 1).cpu(),
+            video=video,
+            base_video=base_decoded,
+            audio=waveform,
             sample_rate=self.audio_vae.config.sample_rate,
             fps=self.fps,
             prompts=prompts,

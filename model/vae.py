@@ -27,7 +27,7 @@ class DiagonalGaussian:
     """A diagonal Gaussian over latents: mean and logvar of the same shape."""
 
     def __init__(self, moments: torch.Tensor, dim: int = 1):
-        self.mean, logvar = moments.chunk(2, dim=dim)
+        self.mean, logvar = moments.float().chunk(2, dim=dim)  # fp32 under autocast too
         self.logvar = logvar.clamp(-30.0, 20.0)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -115,7 +115,7 @@ class VideoVAE(_LatentScaling):
         b = z.shape[0]
         frames = self.d(rearrange(z, "b c f h w -> (b f) c h w").contiguous(memory_format=torch.channels_last))
         video = rearrange(frames, "(b f) (t c) h w -> b c (f t) h w", b=b, t=self.config.temporal_downsample)
-        return torch.sigmoid(video)
+        return torch.sigmoid(video.float())
 
     def encode(self, video: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         dist = self.encode_dist(video)
@@ -179,15 +179,17 @@ class AudioVAE(_LatentScaling):
         target = cfg.hop_length * (cfg.num_mel_frames - 1)  # centred STFT: 1 + len // hop frames
         w = waveform[:, 0]
         w = F.pad(w, (0, target - w.shape[-1])) if w.shape[-1] < target else w[:, :target]
-        mel = self.mel(w.float())
-        return (torch.log(mel + 1e-5) + cfg.log_mel_offset) / cfg.log_mel_scale
+        with torch.autocast(w.device.type, enabled=False):  # the training target stays fp32 under autocast
+            mel = self.mel(w.float())
+            return (torch.log(mel + 1e-5) + cfg.log_mel_offset) / cfg.log_mel_scale
 
     def features_to_waveform(self, features: torch.Tensor) -> torch.Tensor:
         """Normalised log-mel (B, n_mels, T) -> waveform (B, 1, N) in [-1, 1] (Griffin-Lim)."""
         cfg = self.config
-        mel = (torch.exp(features * cfg.log_mel_scale - cfg.log_mel_offset) - 1e-5).clamp_min(0.0)
-        spec = self.inverse_mel(mel.float()).clamp_min(0.0)
-        wave = self.griffin_lim(spec)
+        with torch.autocast(features.device.type, enabled=False):  # least squares and Griffin-Lim need fp32
+            mel = (torch.exp(features.float() * cfg.log_mel_scale - cfg.log_mel_offset) - 1e-5).clamp_min(0.0)
+            spec = self.inverse_mel(mel).clamp_min(0.0)
+            wave = self.griffin_lim(spec)
         wave = F.pad(wave, (0, max(cfg.num_samples - wave.shape[-1], 0)))[:, : cfg.num_samples]
         peak = wave.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8)
         return (wave / peak).unsqueeze(1)

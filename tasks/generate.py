@@ -247,6 +247,7 @@ def _guidance_interval(value: Any) -> tuple[int, int] | None:
 def sample_settings(params: dict[str, Any], steps: int | None = None, guidance: float | None = None,
                     sampler: str | None = None) -> dict[str, Any]:
     from model import SAMPLERS
+    from model.precision import PRECISIONS
 
     s = params["sample"]
     out = {"steps": int(steps if steps is not None else s["steps"]),
@@ -254,7 +255,10 @@ def sample_settings(params: dict[str, Any], steps: int | None = None, guidance: 
            "sampler": str(sampler or s["sampler"]),
            "upsampler_noise_level": int(s["upsampler_noise_level"]),
            "upsampler_steps": int(s.get("upsampler_steps") or 0) or None,
-           "guidance_interval": _guidance_interval(s.get("guidance_interval"))}
+           "guidance_interval": _guidance_interval(s.get("guidance_interval")),
+           "precision": str(s["precision"])}
+    if out["precision"] not in PRECISIONS:
+        raise UserError(f"sample.precision must be one of {', '.join(PRECISIONS)}, got {out['precision']!r}")
     if out["sampler"] not in SAMPLERS:
         raise UserError(f"sampler must be one of {', '.join(SAMPLERS)}, got {out['sampler']!r}")
     if out["steps"] < 1:

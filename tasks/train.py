@@ -192,11 +192,15 @@ def run_stage(
     tracker,
     progress: bool,
     device_type: str = "cpu",
+    amp_dtype: Any = None,
 ) -> StageResult:
     """The training loop shared by both stages: AdamW + warmup/cosine + grad clipping (+ EMA),
-    deterministic batches and noise, atomic checkpoints, exact resume, NaN/Inf guard."""
+    deterministic batches and noise, atomic checkpoints, exact resume, NaN/Inf guard. `amp_dtype`:
+    the autocast dtype of the forward pass (None: full fp32; see model.precision)."""
     import torch
     from tqdm import tqdm
+
+    from model.precision import autocast
 
     from .checkpoint import clear_checkpoints, latest_checkpoint, load_state, load_weights, save_checkpoint
 
@@ -249,8 +253,7 @@ def run_stage(
         m.train()
     while step < min(steps, last):
         optimizer.zero_grad(set_to_none=True)
-        # bf16 autocast on CUDA; full fp32 on CPU, where it is exact and deterministic.
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device_type == "cuda"):
+        with autocast(device_type, amp_dtype):
             parts = loss_fn(cursor.next(), generator)
         loss = sum(parts.values())
         if not torch.isfinite(loss):
@@ -279,6 +282,16 @@ def run_stage(
 
 
 # ---- stages -------------------------------------------------------------------------------------
+
+def training_precision(params: dict[str, Any], device) -> Any:
+    """train.precision on this device -> the autocast dtype of both stages (None: fp32)."""
+    from model.precision import autocast_dtype
+
+    try:
+        return autocast_dtype(str(params["train"]["precision"]), device)
+    except ValueError as e:
+        raise UserError(f"train.precision: {e}") from None
+
 
 def training_rows(manifest) -> list[int]:
     """Manifest rows the models train on: everything but the held-out combinations (all rows when
@@ -321,7 +334,7 @@ def train_vaes(data: dict[str, Any], manifest, cfg, params: dict[str, Any], out:
             recon, dist_ = modules["video_vae"](x, gen)
             losses[f"loss_{field}"] = F.mse_loss(recon, x) + cfg.video_vae.kl_weight * dist_.kl()
         recon_a, target_a, dist_a = modules["audio_vae"](batch("audio", idx), gen)
-        losses["loss_audio_vae"] = F.l1_loss(recon_a, target_a) + cfg.audio_vae.kl_weight * dist_a.kl()
+        losses["loss_audio_vae"] = F.l1_loss(recon_a.float(), target_a) + cfg.audio_vae.kl_weight * dist_a.kl()
         return losses
 
     result = run_stage(
@@ -330,6 +343,7 @@ def train_vaes(data: dict[str, Any], manifest, cfg, params: dict[str, Any], out:
         weight_decay=float(t["weight_decay"]), grad_clip=float(t["grad_clip"]), seed=seed,
         checkpoint_every=int(t["checkpoint_every"]), log_every=int(t["log_every"]), resume=resume,
         stop_after=stop_after, dist=dist, tracker=tracker, progress=progress, device_type=device.type,
+        amp_dtype=training_precision(params, device),
     )
     video_vae.eval(), audio_vae.eval()
     with torch.no_grad():
@@ -468,6 +482,7 @@ def train_denoisers(latents: dict[str, Any], manifest, cfg, params: dict[str, An
         warmup=int(t["warmup_steps"]), weight_decay=float(t["weight_decay"]), grad_clip=float(t["grad_clip"]),
         seed=seed + 1, checkpoint_every=int(t["checkpoint_every"]), log_every=int(t["log_every"]), resume=resume,
         stop_after=stop_after, dist=dist, tracker=tracker, progress=progress, device_type=device.type,
+        amp_dtype=training_precision(params, device),
     )
 
 
@@ -541,6 +556,7 @@ def train(data_dir: str | Path, out_dir: str | Path, params: dict[str, Any], *, 
     tracker.start(f"train-{'+'.join(stages)}-{digest}", tags={"git_commit": git_commit(), "dataset_hash": dataset_hash})
     tracker.params(flatten(params))
     summary: dict[str, Any] = {"dataset_hash": dataset_hash, "items": len(manifest), "stages": {}}
+    precision = "bf16" if training_precision(params, dev) is not None else "fp32"
     try:
         if "vae" in stages:
             tracker.start("vae", nested=True)
@@ -551,7 +567,8 @@ def train(data_dir: str | Path, out_dir: str | Path, params: dict[str, Any], *, 
                 loss_curve_png(res.losses, out / "vae" / "loss_vae.png", "VAE stage")
                 tracker.artifact(out / "vae" / "loss_vae.png")
             tracker.end()
-            summary["stages"]["vae"] = {"steps": res.steps, "seconds": round(res.seconds, 1), **res.metrics}
+            summary["stages"]["vae"] = {"steps": res.steps, "seconds": round(res.seconds, 1), "precision": precision,
+                                        **res.metrics}
             if dist.main:
                 write_stage_files(out / "vae", params, encoder, summary, "vae", tracker.run_id)
             if stop_after is not None and res.steps < int(t["vae_steps"]):
@@ -577,7 +594,7 @@ def train(data_dir: str | Path, out_dir: str | Path, params: dict[str, Any], *, 
                 tracker.artifact(out / "denoiser" / "loss_denoiser.png")
             tracker.end()
             last = res.losses[-1] if res.losses else {}
-            summary["stages"]["denoiser"] = {"steps": res.steps, "seconds": round(res.seconds, 1),
+            summary["stages"]["denoiser"] = {"steps": res.steps, "seconds": round(res.seconds, 1), "precision": precision,
                                              **{k: v for k, v in last.items() if k != "step"}}
             if dist.main:
                 write_stage_files(out / "denoiser", params, encoder, summary, "denoiser", tracker.run_id)

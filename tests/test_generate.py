@@ -37,6 +37,16 @@ def test_generate_content_shapes_ranges_and_seed(pipe):
     assert not torch.equal(a.video, c.video)
 
 
+def test_bf16_sampling_is_reproducible_and_close_to_fp32(pipe):
+    full = pipe.generate_content(PROMPTS, steps=3, seed=1, precision="fp32")
+    half = pipe.generate_content(PROMPTS, steps=3, seed=1, precision="bf16")
+    again = pipe.generate_content(PROMPTS, steps=3, seed=1, precision="bf16")
+    assert half.video.dtype == half.audio.dtype == torch.float32
+    assert torch.equal(half.video, again.video) and torch.equal(half.audio, again.audio)
+    assert not torch.equal(half.video, full.video)
+    assert float((half.video - full.video).abs().mean()) < 0.02
+
+
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_every_sampler_gives_finite_clips(pipe, sampler):
     out = pipe.generate_content(PROMPTS[:1], steps=3, sampler=sampler, seed=0)

@@ -60,8 +60,9 @@ def test_each_stage_lowers_its_loss_and_writes_artifacts(data_dir, tmp_path):
     assert len(list((out / "denoiser" / "latents").glob("latents-*.safetensors"))) == 1
 
 
-def test_resume_ends_with_the_same_weights(data_dir, tmp_path):
-    params = tiny()
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_ends_with_the_same_weights(data_dir, tmp_path, precision):
+    params = tiny(f"train.precision={precision}")
     train(data_dir, tmp_path / "straight", params, progress=False)
     train(data_dir, tmp_path / "split", params, stop_after=3, progress=False)            # vae 0 -> 3
     train(data_dir, tmp_path / "split", params, resume=True, progress=False, stop_after=3)  # vae 3 -> 6

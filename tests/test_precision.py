@@ -1,0 +1,99 @@
+"""Mixed precision (model/precision.py): which dtype each setting picks, the CPU attention form,
+fp32 outputs and targets under bf16 autocast, and the precision settings of train and sample."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import AudioVAE, JointDenoisingTransformer, VideoVAE, base_denoiser_loss, from_params, make_noise_scheduler
+from model.denoiser import masked_attention
+from model.precision import autocast, autocast_dtype, cpu_has_native_bf16
+from tasks.generate import sample_settings
+from tasks.params import load_params
+from tasks.runtime import UserError
+
+from test_model import _perturbed, base_inputs
+
+
+def test_each_setting_picks_its_dtype():
+    assert autocast_dtype("fp32", "cpu") is None
+    assert autocast_dtype("bf16", "cpu") is torch.bfloat16
+    assert autocast_dtype("auto", "cpu") is (torch.bfloat16 if cpu_has_native_bf16() else None)
+    assert autocast_dtype("bf16", "meta") is None  # no autocast off cpu/cuda
+    with pytest.raises(ValueError, match="fp16"):
+        autocast_dtype("fp16", "cpu")
+    with autocast("cpu", None):
+        assert not torch.is_autocast_enabled("cpu")
+    with autocast("cpu", torch.bfloat16):
+        assert torch.is_autocast_enabled("cpu")
+
+
+def test_cpu_attention_matches_sdpa_with_and_without_a_mask():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 10, 8, generator=g) for _ in range(3))
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[0, 6:] = False
+    for m in (None, mask):
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=None if m is None else m[:, None, None, :])
+        assert torch.allclose(masked_attention(q, k, v, m), expected, atol=1e-6)
+    # Masked keys are not read: changing their values changes nothing.
+    v2 = v.clone()
+    v2[0, :, 6:] = 100.0
+    assert torch.equal(masked_attention(q, k, v, mask)[0], masked_attention(q, k, v2, mask)[0])
+
+
+def test_denoiser_under_bf16_autocast_is_close_to_fp32_and_returns_fp32(tiny_params):
+    cfg = from_params(tiny_params)
+    model = _perturbed(JointDenoisingTransformer(cfg.base)).eval()
+    video, audio, t, ctx = base_inputs(cfg, batch=2)
+    with torch.no_grad():
+        full_v, full_a = model(video, audio, t, ctx)
+        with autocast("cpu", torch.bfloat16):
+            half_v, half_a = model(video, audio, t, ctx)
+    assert half_v.dtype == half_a.dtype == torch.float32
+    assert not torch.equal(half_v, full_v)  # autocast did run in bf16
+    for half, full in ((half_v, full_v), (half_a, full_a)):
+        assert float((half - full).norm() / full.norm()) < 0.05
+
+
+def test_bf16_training_step_is_deterministic_and_targets_stay_fp32(tiny_params):
+    cfg = from_params(tiny_params)
+
+    def step() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        torch.manual_seed(0)
+        model = _perturbed(JointDenoisingTransformer(cfg.base))
+        video, audio, _, ctx = base_inputs(cfg, batch=2)
+        with autocast("cpu", torch.bfloat16):
+            loss = base_denoiser_loss(model, make_noise_scheduler(), video, audio, ctx, 0.1,
+                                      torch.Generator().manual_seed(0)).total
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    (loss_a, grads_a), (loss_b, grads_b) = step(), step()
+    assert loss_a.dtype == torch.float32 and torch.equal(loss_a, loss_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+
+    audio_vae = AudioVAE(cfg.audio_vae)
+    wave = torch.randn(2, 1, cfg.audio_vae.num_samples, generator=torch.Generator().manual_seed(0)) * 0.3
+    with autocast("cpu", torch.bfloat16):
+        target = audio_vae.features(wave)
+        _, video_dist = VideoVAE(cfg.video_vae)(torch.rand(1, 3, 4, 16, 16))
+    assert target.dtype == torch.float32 and torch.equal(target, audio_vae.features(wave))
+    assert video_dist.mean.dtype == torch.float32
+
+
+def test_precision_settings_are_checked_by_name(tmp_path, prepared_data):
+    from tasks.train import train
+
+    from conftest import TRAIN_OVERRIDES
+
+    assert sample_settings(load_params(overrides=["sample.precision=fp32"]))["precision"] == "fp32"
+    with pytest.raises(UserError, match="sample.precision"):
+        sample_settings(load_params(overrides=["sample.precision=fp16"]))
+    with pytest.raises(UserError, match="train.precision"):
+        train(prepared_data, tmp_path / "bad", load_params(overrides=TRAIN_OVERRIDES + ["train.precision=fp16"]),
+              progress=False)
+    summary = train(prepared_data, tmp_path / "fp32", load_params(overrides=TRAIN_OVERRIDES + ["train.precision=fp32",
+                    "train.vae_steps=2", "train.denoiser_steps=2"]), progress=False)
+    assert summary["stages"]["vae"]["precision"] == summary["stages"]["denoiser"]["precision"] == "fp32"
