@@ -20,6 +20,7 @@ def main() -> None:
     import numpy as np
     import torch
 
+    from model.precision import PRECISIONS, autocast_dtype
     from tasks.detect import CHANCE, detect_all
     from tasks.evaluate import holdout_specs
     from tasks.generate import load_pipeline, sample_settings
@@ -35,7 +36,7 @@ def main() -> None:
     parser.add_argument("--guidance-interval", default=None,
                         help="LO,HI timesteps where guidance applies, or 'all' (default: params sample.guidance_interval)")
     parser.add_argument("--repeats", type=int, default=3, help="timed batch-1 clips per setting (median)")
-    parser.add_argument("--precision", default=None, choices=["auto", "bf16", "fp32"],
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="tinyveo's sampling precision (default: params sample.precision); the article's runs in fp32")
     args = parser.parse_args()
 
@@ -106,8 +107,6 @@ def main() -> None:
 
     ref = next((r for r in rows if r["setting"] == "ddpm:50"), rows[-1])
     print(f"# generate latency  torch {torch.__version__}  threads {torch.get_num_threads()}  {platform.processor() or platform.machine()}")
-    from model.precision import autocast_dtype
-
     amp = "bf16 autocast" if autocast_dtype(precision, pipe.device) is not None else "fp32"
     print(f"# {len(prompts)} {split} prompts, guidance {guidance} at t in {interval or 'every step'}, tinyveo in {amp} "
           f"(sample.precision={precision}); ratio = {ref['setting']} time / this time")

@@ -140,6 +140,7 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
 def main() -> None:
     import torch
 
+    from model.precision import PRECISIONS
     from tasks.params import load_params
     from tasks.train import BatchCursor, load_cache_tensors, train
 
@@ -148,7 +149,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--compare-steps", type=int, default=10, help="steps per round of the reference comparison")
     parser.add_argument("--compare-only", action="store_true", help="skip the stage throughput part")
-    parser.add_argument("--precision", default=None, choices=["auto", "bf16", "fp32"],
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="tinyveo's training precision (default: params train.precision); the article's runs in fp32")
     args = parser.parse_args()
     precision = [] if args.precision is None else [f"train.precision={args.precision}"]

@@ -404,7 +404,7 @@ class PatchTransformer(nn.Module):
                 kept = used.nonzero().squeeze(1)
                 full, x, mask = x, x.index_select(1, kept), mask.index_select(1, kept)
             if bool(mask.all()):
-                mask = None  # lets SDPA take its fast path
+                mask = None  # no masking work in attention (and SDPA's fast path off the CPU)
         for block in self.transformer_blocks:
             x = block(x, cond_emb, mask)
         return x if kept is None else full.index_copy(1, kept, x)
