@@ -30,6 +30,7 @@ def bare_ffmpeg(clips: list[Path], window_s: float) -> float:
 
 def main() -> None:
     import json
+    from dataclasses import replace
 
     from tasks.params import load_params
     from tasks.prepare import prepare
@@ -41,13 +42,14 @@ def main() -> None:
     params = load_params()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        ann = synth(root / "raw", args.clips, seed=0, workers=2, progress=False)
+        ann = synth(root / "raw", replace(params.data, synth_num_clips=args.clips, synth_seed=0), workers=2,
+                    progress=False)
         clips = [root / "raw" / r["video_path"] for r in json.loads(ann.read_text())]
-        t_ffmpeg = bare_ffmpeg(clips, float(params["cache"]["window_s"]))
+        t_ffmpeg = bare_ffmpeg(clips, params.cache.window_s)
         timings = {}
         for workers in (1, 2):
             start = time.perf_counter()
-            prepare(root / "raw", ann, root / f"out{workers}", params, workers=workers, progress=False)
+            prepare(root / "raw", ann, root / f"out{workers}", params.cache, workers=workers, progress=False)
             timings[workers] = time.perf_counter() - start
     n = len(clips)
     print(f"machine: {platform.machine()}, {__import__('os').cpu_count()} cpus; clips: {n} synthetic 128x128 2.5 s")

@@ -23,7 +23,8 @@ def main() -> None:
     from model.precision import PRECISIONS, autocast_dtype
     from tasks.detect import CHANCE, detect_all
     from tasks.evaluate import holdout_specs
-    from tasks.generate import load_pipeline, sample_settings
+    from tasks.checkpoint import load_pipeline
+    from tasks.samples import sample_settings
     from tasks.metrics import attribute_accuracy
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,7 +44,7 @@ def main() -> None:
     from tasks.params import load_params
 
     overrides = [] if args.precision is None else [f"sample.precision={args.precision}"]
-    defaults = sample_settings(load_params(overrides=overrides), guidance=args.guidance)  # reads and checks the sample group
+    defaults = sample_settings(load_params(overrides=overrides).sample, guidance=args.guidance)  # reads and checks the sample group
     precision = defaults["precision"]
     guidance = defaults["guidance"]
     interval = defaults["guidance_interval"] if args.guidance_interval is None else \

@@ -66,7 +66,7 @@ def main() -> None:
     params = load_params(overrides=[*args.set, "train.mlflow=false"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    seed = int(params["seed"])
+    seed = params.seed
 
     tmp = tempfile.TemporaryDirectory()
     if args.tinyveo_checkpoint:
@@ -78,27 +78,29 @@ def main() -> None:
         tinyveo_s = sum(s["seconds"] for s in stages.values())
         how = f"stage times recorded in {ckpt}"
     else:
-        from tasks.train import train
+        from tasks.encode_latents import encode_latents
+        from tasks.train_denoiser import train_denoiser
+        from tasks.train_vae import train_vae
 
         ckpt = Path(tmp.name) / "tinyveo"
         t0 = time.perf_counter()
-        summary = train(args.data, ckpt, params)
+        vae = train_vae(args.data, ckpt, params)
+        encode_latents(args.data, ckpt, params)
+        stages = {"vae": vae, "denoiser": train_denoiser(args.data, ckpt, params)}
         tinyveo_s = time.perf_counter() - t0
-        stages = summary["stages"]
         how = "trained here"
     budget = args.budget_s or tinyveo_s
     print(f"tinyveo training: {tinyveo_s:.0f} s ({how}); reference budget: {budget:.0f} s", flush=True)
 
     tv = evaluate(ckpt, out / "tinyveo", params, holdout=args.data, track=False)
 
-    c = params["conditioning"]
-    encoder = ConditioningEncoder.from_params(c)
+    encoder = ConditioningEncoder.from_params(params.conditioning)
     torch.manual_seed(seed)
     ref_model = ArticleModel(encoder)
     ref_train = train_reference(ref_model, Path(args.data) / "cache", budget_s=budget, seed=seed)
-    specs, cache, _, split = holdout_specs(args.data, int(params["eval"]["num_prompts"]))
-    vae_cache = {k: v[: int(params["eval"]["num_vae_clips"])] for k, v in cache.items()}
-    ref = reference_metrics(ref_model, specs, vae_cache, int(params["eval"]["batch_size"]), seed)
+    specs, cache, _, split = holdout_specs(args.data, params.eval.num_prompts)
+    vae_cache = {k: v[: params.eval.num_vae_clips] for k, v in cache.items()}
+    ref = reference_metrics(ref_model, specs, vae_cache, params.eval.batch_size, seed)
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
     result = {

@@ -46,15 +46,15 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from reference.article import ReferenceConfig
     from reference.loop import ArticleModel, ArticleDataset, article_loss, collate
-    from model import (ConditioningEncoder, JointDenoisingTransformer, TextEmbedding, base_denoiser_loss,
-                       from_params, noise_schedulers, upsampler_loss)
-    from tasks.dataset import MultiModalDataset
+    from model import (ConditioningEncoder, DenoiserInputs, JointDenoisingTransformer, TextEmbedding,
+                       base_denoiser_loss, from_params, noise_schedulers, upsampler_loss)
+    from tasks.cache import MultiModalDataset
     from model.precision import autocast
-    from tasks.train import make_optimizer, training_precision
+    from tasks.training import make_optimizer, training_precision
 
     torch.manual_seed(0)
-    c, d, t = params["conditioning"], params["diffusion"], params["train"]
-    batch = int(t["batch_size"])
+    c, d, t = params.conditioning, params.diffusion, params.train
+    batch = t.batch_size
     encoder = ConditioningEncoder.from_params(c)
     cfg = from_params(params, context_dim=encoder.text_dim)
     b_cfg = cfg.base
@@ -71,17 +71,18 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
     aud = torch.randn(batch, *cfg.base.audio_latent_shape)
     img_b, img_u = torch.randn(batch, *cfg.base.image_latent_shape), torch.randn(batch, *cfg.upsampler.image_latent_shape)
     has_image = torch.rand(batch) < 0.25
-    n_up = min(int(t.get("upsampler_batch_size") or batch), batch)  # as training: the upsampler sees the first n_up items
+    n_up = min((t.upsampler_batch_size or batch), batch)  # as training: the upsampler sees the first n_up items
     up_ctx = TextEmbedding(ctx.pooled[:n_up], ctx.tokens[:n_up], ctx.mask[:n_up])
 
-    amp = training_precision(params, "cpu")  # as tinyveo trains: train.precision (bf16 autocast where native)
+    amp = training_precision(t, torch.device("cpu"))  # as tinyveo trains: train.precision (bf16 autocast where native)
 
     def tinyveo_step() -> None:
         tv_opt.zero_grad(set_to_none=True)
         with autocast("cpu", amp):
-            loss = base_denoiser_loss(base, sched, v_base, aud, ctx, 0.1, image_latent=img_b, has_image=has_image).total
-            loss = loss + upsampler_loss(up, up_sched, v_up[:n_up], v_base[:n_up], up_ctx, 250, 0.1,
-                                         image_latent=img_u[:n_up], has_image=has_image[:n_up])
+            inputs = DenoiserInputs(ctx, image_latent=img_b, has_image=has_image)
+            loss = base_denoiser_loss(base, sched, v_base, aud, inputs, 0.1).total
+            up_inputs = DenoiserInputs(up_ctx, image_latent=img_u[:n_up], has_image=has_image[:n_up])
+            loss = loss + upsampler_loss(up, up_sched, v_up[:n_up], v_base[:n_up], up_inputs, 250, 0.1)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(tv_params, 1.0)
         tv_opt.step()
@@ -123,7 +124,7 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
     n = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
     print(f"\n# denoiser vs the article's at identical dims: width {b_cfg.dim}, depth {b_cfg.depth}, heads "
           f"{b_cfg.heads}, batch {batch}; median of {rounds} alternating rounds of {steps} steps; tinyveo in "
-          f"{'bf16 autocast' if amp is not None else 'fp32'} (train.precision={params['train']['precision']})")
+          f"{'bf16 autocast' if amp is not None else 'fp32'} (train.precision={t.precision})")
     print(f"{'model':<44}{'params (M)':>11}{'s/step':>9}{'samples/s':>11}{'tinyveo x':>11}")
     rows = [
         (f"tinyveo denoisers (base + upsampler on {n_up} of {batch})", n(base) + n(up), m_tv),
@@ -142,7 +143,11 @@ def main() -> None:
 
     from model.precision import PRECISIONS
     from tasks.params import load_params
-    from tasks.train import BatchCursor, load_cache_tensors, train
+    from tasks.cache import MultiModalDataset
+    from tasks.encode_latents import encode_latents
+    from tasks.train_denoiser import train_denoiser
+    from tasks.train_vae import train_vae
+    from tasks.training import BatchCursor
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data")
@@ -158,12 +163,15 @@ def main() -> None:
         return
     params = load_params(overrides=[f"train.vae_steps={args.steps}", f"train.denoiser_steps={args.steps}",
                                     "train.mlflow=false", f"train.checkpoint_every={10**9}", *precision])
-    t = params["train"]
+    t = params.train
     with tempfile.TemporaryDirectory() as tmp:
-        summary = train(args.data, Path(tmp), params, progress=False)
-    data, manifest = load_cache_tensors(Path(args.data) / "cache")
+        summary = {"vae": train_vae(args.data, tmp, params, progress=False)}
+        encode_latents(args.data, tmp, params)
+        summary["denoiser"] = train_denoiser(args.data, tmp, params, progress=False)
+    dataset = MultiModalDataset(Path(args.data) / "cache")
+    data, manifest = dataset.tensors(), dataset.manifest
     # Data wait: the same batch assembly the loops do (index the in-memory cache), timed alone.
-    cursor = BatchCursor(len(manifest), int(t["batch_size"]), 0)
+    cursor = BatchCursor(len(manifest), t.batch_size, 0)
     start = time.perf_counter()
     for _ in range(args.steps):
         rows = torch.tensor(cursor.next())
@@ -173,8 +181,8 @@ def main() -> None:
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads; {len(manifest)} cached items")
     print(f"{'stage':<10}{'batch':>7}{'steps':>7}{'s/step':>9}{'samples/s':>11}{'data wait':>11}")
-    for stage, batch in (("vae", int(t["vae_batch_size"])), ("denoiser", int(t["batch_size"]))):
-        s = summary["stages"][stage]
+    for stage, batch in (("vae", t.vae_batch_size), ("denoiser", t.batch_size)):
+        s = summary[stage]
         per_step = s["seconds"] / s["steps"]
         print(f"{stage:<10}{batch:>7}{s['steps']:>7}{per_step:>9.3f}{batch / per_step:>11.1f}{data_s / per_step:>10.1%}")
     print(f"peak RSS: {rss_gb:.2f} GB")

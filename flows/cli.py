@@ -12,15 +12,10 @@ import json
 from typing import Sequence
 
 from tasks import cli as task_cli
-
-COMMANDS: dict[str, tuple[str, str]] = {
-    **task_cli.SUBCOMMANDS,
-    "pipeline": ("flows.cli", "run the whole Prefect pipeline flow: data -> train -> generate -> evaluate"),
-    "serve": ("flows.deploy", "serve the tinyveo-pipeline, -data, -train and -evaluate deployments (prefect deployment run)"),
-}
+from tasks.cli import Command
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     """`tinyveo pipeline` arguments: the pipeline flow's parameters."""
     parser.add_argument("--source", default=None, help="folder of your clips (default: build the built-in dataset)")
     parser.add_argument("--annotations", default=None, help="annotations file for --source (JSON list or JSONL)")
@@ -28,23 +23,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoints", default="checkpoints", help="checkpoint folder (default: checkpoints)")
     parser.add_argument("--outputs", default="outputs", help="samples and evaluation (default: outputs)")
     parser.add_argument("--prompts", default="data/prompts.txt", help="prompts for the generate step")
-    parser.add_argument("--refresh", action="store_true", help="ignore cached task results and run every step")
-    parser.add_argument("--params", default=None, help="params file (default: the repository's params.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a parameter (repeatable), e.g. --set train.denoiser_steps=500")
 
 
-def run(args: argparse.Namespace) -> int:
-    from tasks.params import load_params
+def serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", default="local", help="deployment name (default: local)")
+    parser.add_argument("--limit", type=int, default=1,
+                        help="flow runs at a time in this process (default: 1; training uses every core)")
 
-    load_params(args.params, args.overrides)  # fail fast, with one clear line, on a bad override
+
+def run_pipeline(args: argparse.Namespace, params) -> int:
     from flows.pipeline import pipeline
 
     result = pipeline(source=args.source, annotations=args.annotations, data_dir=args.data,
                       checkpoint_dir=args.checkpoints, output_dir=args.outputs, prompts=args.prompts,
-                      overrides=list(args.overrides), params_file=args.params, refresh=args.refresh)
+                      overrides=list(args.overrides), params_file=args.params)
     print(json.dumps(result, indent=1, default=str))
     return 0
+
+
+COMMANDS: dict[str, Command] = {
+    **task_cli.COMMANDS,
+    "pipeline": Command("run the whole Prefect pipeline flow: data -> train -> generate -> evaluate",
+                        pipeline_arguments, "flows.cli:run_pipeline"),
+    "serve": Command("serve the tinyveo-pipeline, -data, -train and -evaluate deployments (prefect deployment run)",
+                     serve_arguments, "flows.deploy:run"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

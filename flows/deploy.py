@@ -22,13 +22,7 @@ def deployments(name: str = "local") -> list:
     return [f.to_deployment(name=name, tags=tags) for f in (pipeline, data_flow, train_flow, evaluate_flow)]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--name", default="local", help="deployment name (default: local)")
-    parser.add_argument("--limit", type=int, default=1,
-                        help="flow runs at a time in this process (default: 1; training uses every core)")
-
-
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, params=None) -> int:
     from prefect import serve
 
     serve(*deployments(args.name), limit=args.limit)
@@ -36,9 +30,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from flows.cli import serve_arguments
+
     parser = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
+    serve_arguments(parser)
     return run(parser.parse_args(argv))
 
 

@@ -1,101 +1,102 @@
-"""Prefect flows: the tinyveo pipeline and its sub-flows. Composition only; every step is a task in
-tasks/ (a plain function with a Prefect wrapper), so tests reach the logic without Prefect.
+"""Prefect flows: the tinyveo pipeline and its sub-flows. Composition only: every step is a plain
+function in tasks/, wrapped here as a Prefect task (names, retries, mapping, caching).
 
     pipeline = data_flow -> train_flow -> evaluate_flow
-    data_flow:     synth (or your clips) -> ingest -> probe (mapped per clip) -> filter
-                   -> extract audio (mapped per clip) -> reorganize pairs -> tensor cache -> report
-    train_flow:    VAE stage -> denoiser stage
+    data_flow:     synth (or your clips) -> tasks.prepare.prepare, its per-clip work mapped as tasks:
+                   probe, extract-audio, cache-item (one task run per clip)
+    train_flow:    train-vae -> encode-latents -> train-denoiser
     evaluate_flow: generate (demo prompts) -> evaluate (held-out prompts)
 
-Per-clip tasks run on the flow's task runner (threads here; on a cluster swap in
-prefect-dask's DaskTaskRunner or prefect-ray's RayTaskRunner, see the README). I/O-bound tasks retry
-with backoff. Expensive tasks are cached across flow runs, keyed on their inputs' content and the
-params they read, with results persisted: a second run over unchanged inputs skips them
-(`refresh=True` runs everything again).
+Who decides that work runs: DVC for the stages (`dvc repro`); inside a flow, Prefect caches the
+per-clip probe and audio-extraction results on their inputs, the content of the files they read and
+the source code of tasks/ and model/ (flows.caching.CodeAndInputs), so a code edit re-runs them.
+The stage tasks always run when the flow runs. Per-clip tasks run on the flow's task runner
+(threads here; prefect-dask's DaskTaskRunner on a cluster, see the README).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.cache import CacheSettings, cache_task
-from tasks.evaluate import evaluate_task
-from tasks.generate import generate_task, read_prompts
-from tasks.ingest import ingest_task
-from tasks.params import load_params
-from tasks.prepare import (PrepareReport, audio_jobs, cache_items, extract_clip_audio_task, extracted_clips,
-                           note_ingest, pair_inputs, select_clips, write_report)
-from tasks.probe import probe_task
-from tasks.reorganize import reorganize_task
-from tasks.synth import synth_task
-from tasks.train import train_task
+from tasks.encode_latents import encode_latents
+from tasks.evaluate import evaluate
+from tasks.extract_audio import extract_clip_audio
+from tasks.generate import generate
+from tasks.params import Params, load_params
+from tasks.prepare import prepare
+from tasks.preprocess import compute_item
+from tasks.probe import probe_clip
+from tasks.samples import read_prompts
+from tasks.synth import synth
+from tasks.train_denoiser import train_denoiser
+from tasks.train_vae import train_vae
+
+from .caching import CodeAndInputs
+
+PER_CLIP = {
+    "probe": task(probe_clip, name="probe", retries=2, retry_delay_seconds=[1, 4], cache_policy=CodeAndInputs(files=("path",)), persist_result=True),
+    "audio": task(extract_clip_audio, name="extract-audio", retries=2, retry_delay_seconds=[1, 4],
+                  cache_policy=CodeAndInputs(files=("video",)), persist_result=True),
+    # The tensor cache's manifest already skips unchanged items; the tensors are too big to persist twice.
+    "cache": task(compute_item, name="cache-item", cache_policy=NO_CACHE),
+}
+synth_task = task(synth, name="synth", retries=1, retry_delay_seconds=[2], cache_policy=NO_CACHE)
+STAGES = {fn.__name__: task(fn, name=fn.__name__.replace("_", "-"), cache_policy=NO_CACHE)
+          for fn in (train_vae, encode_latents, train_denoiser, generate, evaluate)}
 
 
-def _params(overrides: list[str] | None, params_file: str | None) -> dict[str, Any]:
+def map_per_clip(fn: Callable, jobs: list[tuple], desc: str) -> list:
+    """prepare()'s map function: one Prefect task run per job, on the flow's task runner."""
+    if not jobs:
+        return []
+    return PER_CLIP[desc].map(*[list(column) for column in zip(*jobs)]).result()
+
+
+def _params(overrides: list[str] | None, params_file: str | None) -> Params:
     return load_params(params_file, list(overrides or []))
 
 
 @flow(name="tinyveo-data", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True)
 def data_flow(source: str | None = None, annotations: str | None = None, data_dir: str = "data",
-              overrides: list[str] | None = None, params_file: str | None = None, refresh: bool = False) -> str:
+              overrides: list[str] | None = None, params_file: str | None = None) -> str:
     """Clips (yours, or the built-in dataset when `source` is None) -> pairs + tensor cache in data_dir."""
     params = _params(overrides, params_file)
     data = Path(data_dir)
     if source is None:
-        d = params["data"]
-        annotations = str(synth_task.with_options(refresh_cache=refresh)(
-            data / "raw", int(d["synth_num_clips"]), int(d["synth_seed"]), int(d["synth_size"]), int(d["synth_fps"]),
-            float(d["synth_duration_s"]), int(d["synth_sample_rate"]), float(d["synth_i2v_fraction"]),
-            workers=int(params["cache"]["workers"]), progress=False))
+        annotations = str(synth_task(data / "raw", params.data, workers=params.cache.workers, progress=False))
         source = str(data / "raw")
     elif annotations is None:
         raise ValueError("annotations is required with source")
-    report = PrepareReport()
-    ingested = ingest_task(source, annotations)
-    note_ingest(ingested, report)
-    min_duration = float(params["cache"]["min_duration_s"])
-    probes = probe_task.with_options(refresh_cache=refresh).map(
-        [str(r.video_path) for r in ingested.records], unmapped(min_duration)).result()
-    accepted = select_clips(ingested.records, probes, params, report)
-    jobs = audio_jobs(accepted, data, params)
-    errors = extract_clip_audio_task.map(*[list(column) for column in zip(*jobs)]).result() if jobs else []
-    extracted = extracted_clips(accepted, jobs, errors, report)
-    pairs = reorganize_task(pair_inputs(extracted), data)
-    items = cache_items(extracted, pairs)
-    result = cache_task.with_options(refresh_cache=refresh)(
-        items, data / "cache", CacheSettings.from_params(params), int(params["cache"]["workers"]), False)
-    report = write_report(items, result, data, report)
+    report = prepare(source, annotations, data, params.cache, progress=False, map_fn=map_per_clip)
     get_run_logger().info(report.summary())
     return str(data)
 
 
 @flow(name="tinyveo-train", log_prints=True)
 def train_flow(data_dir: str = "data", checkpoint_dir: str = "checkpoints", overrides: list[str] | None = None,
-               params_file: str | None = None, refresh: bool = False) -> dict[str, Any]:
-    """VAE stage, then the denoiser stage (each cached on the data, its params and its inputs)."""
+               params_file: str | None = None) -> dict[str, Any]:
+    """The VAE stage, the latent encoding, then the denoiser stage."""
     params = _params(overrides, params_file)
-    task = train_task.with_options(refresh_cache=refresh)
-    vae = task(data_dir, checkpoint_dir, params, stages=["vae"], progress=False)
-    denoiser = task(data_dir, checkpoint_dir, params, stages=["denoiser"], progress=False)
-    return {"vae": vae["stages"].get("vae"), "denoiser": denoiser["stages"].get("denoiser"),
-            "run_id": denoiser.get("run_id")}
+    vae = STAGES["train_vae"](data_dir, checkpoint_dir, params, progress=False)
+    STAGES["encode_latents"](data_dir, checkpoint_dir, params)
+    denoiser = STAGES["train_denoiser"](data_dir, checkpoint_dir, params, progress=False)
+    return {"vae": vae, "denoiser": denoiser, "run_id": denoiser.get("run_id")}
 
 
 @flow(name="tinyveo-evaluate", log_prints=True)
 def evaluate_flow(checkpoint_dir: str = "checkpoints", data_dir: str = "data", output_dir: str = "outputs",
                   prompts: str | None = "data/prompts.txt", overrides: list[str] | None = None,
-                  params_file: str | None = None, refresh: bool = False) -> dict[str, Any]:
+                  params_file: str | None = None) -> dict[str, Any]:
     """Samples for the demo prompts, then metrics on the held-out prompts of data_dir."""
     params = _params(overrides, params_file)
     out = Path(output_dir)
     if prompts:
-        generate_task.with_options(refresh_cache=refresh)(checkpoint_dir, read_prompts(prompts), out / "samples", params,
-                                                          progress=False)
-    metrics = evaluate_task.with_options(refresh_cache=refresh)(checkpoint_dir, out / "eval", params, holdout=data_dir,
-                                                                progress=False)
+        STAGES["generate"](checkpoint_dir, read_prompts(prompts), out / "samples", params, progress=False)
+    metrics = STAGES["evaluate"](checkpoint_dir, out / "eval", params, holdout=data_dir, progress=False)
     acc = metrics.get("attribute_accuracy", {})
     get_run_logger().info("attribute accuracy: " + ", ".join(
         f"{k} {v['accuracy']:.2f} (chance {v['chance']:.2f})" for k, v in acc.items() if isinstance(v, dict)))
@@ -105,9 +106,9 @@ def evaluate_flow(checkpoint_dir: str = "checkpoints", data_dir: str = "data", o
 @flow(name="tinyveo-pipeline", log_prints=True)
 def pipeline(source: str | None = None, annotations: str | None = None, data_dir: str = "data",
              checkpoint_dir: str = "checkpoints", output_dir: str = "outputs", prompts: str | None = "data/prompts.txt",
-             overrides: list[str] | None = None, params_file: str | None = None, refresh: bool = False) -> dict[str, Any]:
+             overrides: list[str] | None = None, params_file: str | None = None) -> dict[str, Any]:
     """The whole pipeline: data -> train -> generate + evaluate. Returns the evaluation metrics."""
-    data = data_flow(source, annotations, data_dir, overrides, params_file, refresh)
-    trained = train_flow(data, checkpoint_dir, overrides, params_file, refresh)
-    metrics = evaluate_flow(checkpoint_dir, data, output_dir, prompts, overrides, params_file, refresh)
+    data = data_flow(source, annotations, data_dir, overrides, params_file)
+    trained = train_flow(data, checkpoint_dir, overrides, params_file)
+    metrics = evaluate_flow(checkpoint_dir, data, output_dir, prompts, overrides, params_file)
     return {"train": trained, "metrics": metrics}

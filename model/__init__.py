@@ -4,7 +4,7 @@ Names follow the reference article so it reads as documentation. Nothing here im
 flows/, reads files, or downloads anything.
 """
 from .conditioning import ConditioningEncoder, MissingCheckpointError, TextEmbedding
-from .config import AudioVAEConfig, DenoiserConfig, ModelConfig, VideoVAEConfig, from_params
+from .config import AudioVAEConfig, DenoiserConfig, ModelConfig, VideoVAEConfig, build_config, from_params
 from .denoiser import (
     FinalLayer,
     InputProjector,
@@ -24,11 +24,13 @@ from .diffusion import (
     sample_latents,
     upsampler_loss,
 )
-from .pipeline import GeneratedContent, TinyVeo
+from .inputs import CaptionState, DenoiserInputs, TokenLayout
+from .pipeline import GeneratedContent, TinyVeo, resize_image
 from .vae import AudioVAE, DiagonalGaussian, VideoVAE
 
 __all__ = [
-    "AudioVAE", "AudioVAEConfig", "ConditioningEncoder", "DenoiserConfig", "DiagonalGaussian", "FinalLayer", "GeneratedContent",
+    "AudioVAE", "AudioVAEConfig", "CaptionState", "ConditioningEncoder", "DenoiserConfig", "DenoiserInputs",
+    "TokenLayout", "build_config", "resize_image", "DiagonalGaussian", "FinalLayer", "GeneratedContent",
     "InputProjector", "JointDenoisingTransformer", "MissingCheckpointError", "ModelConfig", "OutputProjector",
     "PatchTransformer", "SAMPLERS", "TextEmbedding", "TimestepEmbedding", "TinyVeo", "TokenBuilder", "TransformerBlock",
     "VideoVAE", "VideoVAEConfig", "base_denoiser_loss", "from_params", "make_noise_scheduler", "make_sampler", "noise_schedulers",

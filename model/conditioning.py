@@ -122,11 +122,11 @@ class ConditioningEncoder(nn.Module):
         self.eval()
 
     @classmethod
-    def from_params(cls, conditioning: dict, max_length: int | None = None) -> "ConditioningEncoder":
-        """The encoder the `conditioning` group of params.yaml describes."""
-        backend = conditioning["backend"]
-        return cls(backend, conditioning.get(f"{backend}_path"),
-                   int(max_length or conditioning["max_text_tokens"]), int(conditioning.get("token_layer", -1)))
+    def from_params(cls, conditioning, max_length: int | None = None) -> "ConditioningEncoder":
+        """The encoder the `conditioning` params group describes."""
+        backend = conditioning.backend
+        return cls(backend, getattr(conditioning, f"{backend}_path", None),
+                   int(max_length or conditioning.max_text_tokens), conditioning.token_layer)
 
     def train(self, mode: bool = True) -> "ConditioningEncoder":
         # Frozen: dropout stays off whatever the caller's mode.

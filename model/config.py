@@ -1,28 +1,36 @@
-"""Typed views of params.yaml for the model package.
+"""Model configs: frozen dataclasses whose defaults are the shipped model (nanoGPT style).
 
-model/ never reads files: callers (tasks/) load params.yaml and pass the dict to `from_params`.
-Every shape the modules use is derived here, so a change in params.yaml is the only way to
-change a shape.
+Fields marked `derived` are shapes computed from other settings (frame count, frame size, the VAE's
+downsampling, the text encoder's width) by `build_config`; the others are what params.yaml sets.
+model/ never reads files: tasks/ loads params.yaml and hands these dataclasses over.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+
+def derived(default: Any) -> Any:
+    """A field computed by `build_config`, not read from params.yaml."""
+    return field(default=default, metadata={"derived": True})
+
+
+def settable_fields(cls) -> list[str]:
+    """The fields of a config that params.yaml may set."""
+    return [f.name for f in fields(cls) if not f.metadata.get("derived")]
 
 
 @dataclass(frozen=True)
 class VideoVAEConfig:
     latent_channels: int = 4
     temporal_downsample: int = 2
-    spatial_downsample: int = 8
+    spatial_downsample: int = 2
     hidden_channels: int = 32
     kl_weight: float = 1e-6
 
 
 @dataclass(frozen=True)
 class AudioVAEConfig:
-    sample_rate: int = 16000
-    num_samples: int = 32000
     n_fft: int = 1024
     hop_length: int = 512
     n_mels: int = 64
@@ -34,6 +42,8 @@ class AudioVAEConfig:
     log_mel_offset: float = 5.0
     log_mel_scale: float = 6.0
     kl_weight: float = 1e-6
+    sample_rate: int = derived(16000)
+    num_samples: int = derived(32000)
 
     @property
     def latent_length(self) -> int:
@@ -42,34 +52,26 @@ class AudioVAEConfig:
 
 @dataclass(frozen=True)
 class DenoiserConfig:
-    """Shapes and sizes of one JointDenoisingTransformer (base or upsampler)."""
+    """One JointDenoisingTransformer (base or upsampler). Defaults: the shipped base model."""
 
-    is_upsampler: bool = False
-    dim: int = 256
+    dim: int = 128
     depth: int = 4
     heads: int = 4
     mlp_ratio: float = 4.0
-    video_latent_shape: tuple[int, int, int, int] = (4, 8, 4, 4)  # (C, F, H, W)
-    video_patch: tuple[int, int, int] = (2, 2, 2)
-    audio_latent_shape: tuple[int, int] = (8, 16)  # (C, L); unused by the upsampler
+    video_patch: tuple[int, int, int] = (8, 2, 2)  # (t, h, w) in latent cells
     audio_patch: int = 1
-    # Spatial size of the input image latent for image-to-video (C, H, W): the base-resolution
-    # image encoded by the VideoVAE.
-    image_latent_shape: tuple[int, int, int] = (4, 4, 4)
-    # Square patch (in latent cells) of the image tokens; None: the video patch's (h, w). The image
-    # only conditions, so coarser tokens than the video's cost little quality and save sequence.
-    image_patch: int | None = None
-    low_res_latent_shape: tuple[int, int, int, int] | None = None  # upsampler only
-    context_dim: int = 384        # width of the text encoder's pooled vector and token states
-    image_feature_dim: int = 0    # CLIP image feature width; 0 when the backend has none
-    max_text_tokens: int = 32
-    # Self-attention layers over the caption tokens before they join the sequence and are pooled into
-    # the adaLN condition (0: projection and attention pooling only).
-    text_refiner_depth: int = 0
-    video_seconds: float = 2.0    # both modalities span the same window: shared time positions
-    # Self-conditioning (Chen et al., "Analog Bits"): the model also reads its own previous estimate
-    # of the clean latents, concatenated to the noisy ones (zeros when there is none). Base only.
-    self_condition: bool = False
+    image_patch: int | None = 4   # square patch of the i2v image tokens; None: the video patch's (h, w)
+    text_refiner_depth: int = 2   # self-attention layers over the caption tokens
+    self_condition: bool = False  # also read the previous clean-latent estimate (base only)
+    is_upsampler: bool = derived(False)
+    video_latent_shape: tuple[int, int, int, int] = derived((4, 8, 16, 16))  # (C, F, H, W)
+    audio_latent_shape: tuple[int, int] = derived((8, 16))                    # (C, L); unused by the upsampler
+    image_latent_shape: tuple[int, int, int] = derived((4, 16, 16))           # the input image's VAE latent
+    low_res_latent_shape: tuple[int, int, int, int] | None = derived(None)    # upsampler only
+    context_dim: int = derived(384)       # width of the text encoder's pooled vector and token states
+    image_feature_dim: int = derived(0)   # CLIP image feature width; 0 when the backend has none
+    max_text_tokens: int = derived(24)
+    video_seconds: float = derived(2.0)   # both modalities span the same window: shared time positions
 
     @property
     def video_grid(self) -> tuple[int, int, int]:
@@ -100,107 +102,50 @@ class DenoiserConfig:
         return self.video_patch[1], self.video_patch[2]
 
 
+UPSAMPLER = DenoiserConfig(video_patch=(8, 4, 4), image_patch=8, text_refiner_depth=1, is_upsampler=True,
+                           video_latent_shape=(4, 8, 32, 32), image_latent_shape=(4, 32, 32),
+                           low_res_latent_shape=(4, 8, 16, 16))
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     video_vae: VideoVAEConfig = field(default_factory=VideoVAEConfig)
     audio_vae: AudioVAEConfig = field(default_factory=AudioVAEConfig)
     base: DenoiserConfig = field(default_factory=DenoiserConfig)
-    upsampler: DenoiserConfig = field(default_factory=lambda: DenoiserConfig(is_upsampler=True))
+    upsampler: DenoiserConfig = UPSAMPLER
     num_frames: int = 16
     base_size: int = 32
     upsampled_size: int = 64
 
 
-def _denoiser(
-    p: Mapping[str, Any],
-    *,
-    is_upsampler: bool,
-    video_latent: tuple[int, int, int, int],
-    audio_latent: tuple[int, int],
-    image_latent: tuple[int, int, int],
-    low_res_latent: tuple[int, int, int, int] | None,
-    context_dim: int,
-    image_feature_dim: int,
-    max_text_tokens: int,
-    seconds: float,
-) -> DenoiserConfig:
-    return DenoiserConfig(
-        is_upsampler=is_upsampler,
-        dim=int(p["dim"]),
-        depth=int(p["depth"]),
-        heads=int(p["heads"]),
-        mlp_ratio=float(p["mlp_ratio"]),
-        video_latent_shape=video_latent,
-        video_patch=tuple(int(v) for v in p["video_patch"]),  # type: ignore[arg-type]
-        audio_latent_shape=audio_latent,
-        audio_patch=int(p["audio_patch"]),
-        image_patch=int(p["image_patch"]) if p.get("image_patch") else None,
-        image_latent_shape=image_latent,
-        low_res_latent_shape=low_res_latent,
-        context_dim=context_dim,
-        image_feature_dim=image_feature_dim,
-        max_text_tokens=max_text_tokens,
-        text_refiner_depth=int(p.get("text_refiner_depth") or 0),
-        video_seconds=seconds,
-        self_condition=False if is_upsampler else bool(p.get("self_condition", False)),
-    )
-
-
-def from_params(params: Mapping[str, Any], *, context_dim: int = 384, image_feature_dim: int = 0) -> ModelConfig:
-    """Build every model shape from a params.yaml dict.
-
-    `context_dim` and `image_feature_dim` come from the conditioning encoder that is in use
-    (384 for MiniLM, the CLIP projection width for CLIP).
-    """
-    cache, vae, den = params["cache"], params["vae"], params["denoiser"]
-    v, a = vae["video"], vae["audio"]
-    video_vae = VideoVAEConfig(
-        latent_channels=int(v["latent_channels"]),
-        temporal_downsample=int(v["temporal_downsample"]),
-        spatial_downsample=int(v["spatial_downsample"]),
-        hidden_channels=int(v["hidden_channels"]),
-        kl_weight=float(v["kl_weight"]),
-    )
-    sample_rate = int(cache["sample_rate"])
-    audio_vae = AudioVAEConfig(
-        sample_rate=sample_rate,
-        num_samples=int(round(sample_rate * float(cache["window_s"]))),
-        n_fft=int(a["n_fft"]),
-        hop_length=int(a["hop_length"]),
-        n_mels=int(a["n_mels"]),
-        num_mel_frames=int(a["num_mel_frames"]),
-        latent_channels=int(a["latent_channels"]),
-        time_downsample=int(a["time_downsample"]),
-        hidden_channels=int(a["hidden_channels"]),
-        griffin_lim_iters=int(a["griffin_lim_iters"]),
-        log_mel_offset=float(a["log_mel_offset"]),
-        log_mel_scale=float(a["log_mel_scale"]),
-        kl_weight=float(a["kl_weight"]),
-    )
-    frames = int(cache["num_frames"])
-    base_size, up_size = int(cache["base_size"]), int(cache["upsampled_size"])
+def build_config(video_vae: VideoVAEConfig, audio_vae: AudioVAEConfig, base: DenoiserConfig,
+                 upsampler: DenoiserConfig, *, num_frames: int, window_s: float, base_size: int, upsampled_size: int,
+                 sample_rate: int, max_text_tokens: int, context_dim: int = 384,
+                 image_feature_dim: int = 0) -> ModelConfig:
+    """Fill every derived shape from the frame count and sizes, the VAEs' downsampling and the encoder widths."""
     c, ft, s = video_vae.latent_channels, video_vae.temporal_downsample, video_vae.spatial_downsample
-    for size in (base_size, up_size):
+    for size in (base_size, upsampled_size):
         if size % s:
             raise ValueError(f"frame size {size} is not divisible by vae.video.spatial_downsample={s}")
-    if frames % ft:
-        raise ValueError(f"cache.num_frames={frames} is not divisible by vae.video.temporal_downsample={ft}")
-    base_latent = (c, frames // ft, base_size // s, base_size // s)
-    up_latent = (c, frames // ft, up_size // s, up_size // s)
-    audio_latent = (audio_vae.latent_channels, audio_vae.latent_length)
-    common = dict(
-        audio_latent=audio_latent,
-        context_dim=context_dim,
-        image_feature_dim=image_feature_dim,
-        max_text_tokens=int(params["conditioning"]["max_text_tokens"]),
-        seconds=float(cache["window_s"]),
-    )
-    base = _denoiser(
-        den["base"], is_upsampler=False, video_latent=base_latent,
-        image_latent=(c, base_latent[2], base_latent[3]), low_res_latent=None, **common,
-    )
-    upsampler = _denoiser(
-        den["upsampler"], is_upsampler=True, video_latent=up_latent,
-        image_latent=(c, up_latent[2], up_latent[3]), low_res_latent=base_latent, **common,
-    )
-    return ModelConfig(video_vae, audio_vae, base, upsampler, frames, base_size, up_size)
+    if num_frames % ft:
+        raise ValueError(f"cache.num_frames={num_frames} is not divisible by vae.video.temporal_downsample={ft}")
+    audio_vae = replace(audio_vae, sample_rate=sample_rate, num_samples=int(round(sample_rate * window_s)))
+    latent = {size: (c, num_frames // ft, size // s, size // s) for size in (base_size, upsampled_size)}
+    common = dict(audio_latent_shape=(audio_vae.latent_channels, audio_vae.latent_length), context_dim=context_dim,
+                  image_feature_dim=image_feature_dim, max_text_tokens=max_text_tokens, video_seconds=window_s)
+    base = replace(base, is_upsampler=False, video_latent_shape=latent[base_size],
+                   image_latent_shape=latent[base_size][:1] + latent[base_size][2:], low_res_latent_shape=None, **common)
+    upsampler = replace(upsampler, is_upsampler=True, self_condition=False, video_latent_shape=latent[upsampled_size],
+                        image_latent_shape=latent[upsampled_size][:1] + latent[upsampled_size][2:],
+                        low_res_latent_shape=latent[base_size], **common)
+    return ModelConfig(video_vae, audio_vae, base, upsampler, num_frames, base_size, upsampled_size)
+
+
+def from_params(params: Any, *, context_dim: int = 384, image_feature_dim: int = 0) -> ModelConfig:
+    """The model a typed params tree (tasks.params.Params) describes, for an encoder of these widths."""
+    cache = params.cache
+    return build_config(params.vae.video, params.vae.audio, params.denoiser.base, params.denoiser.upsampler,
+                        num_frames=cache.num_frames, window_s=cache.window_s, base_size=cache.base_size,
+                        upsampled_size=cache.upsampled_size, sample_rate=cache.sample_rate,
+                        max_text_tokens=params.conditioning.max_text_tokens, context_dim=context_dim,
+                        image_feature_dim=image_feature_dim)

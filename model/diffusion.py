@@ -14,13 +14,13 @@ Fixes to the article:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .conditioning import TextEmbedding
 from .denoiser import JointDenoisingTransformer
+from .inputs import DenoiserInputs
 
 SAMPLERS = ("ddpm", "ddim", "dpm")
 
@@ -36,12 +36,12 @@ def make_noise_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "
     )
 
 
-def noise_schedulers(diffusion: Mapping[str, Any]) -> tuple[Any, Any]:
-    """(base, upsampler) training schedulers from params.yaml's `diffusion` group: one schedule, and
+def noise_schedulers(diffusion: Any) -> tuple[Any, Any]:
+    """(base, upsampler) training schedulers from the `diffusion` params group: one schedule, and
     each model's own prediction target (`upsampler_prediction_type`, default the base's)."""
-    kind = diffusion["prediction_type"]
-    up_kind = diffusion.get("upsampler_prediction_type") or kind
-    n, schedule = int(diffusion["num_train_timesteps"]), diffusion["beta_schedule"]
+    kind = diffusion.prediction_type
+    up_kind = diffusion.upsampler_prediction_type or kind
+    n, schedule = diffusion.num_train_timesteps, diffusion.beta_schedule
     return make_noise_scheduler(n, schedule, kind), make_noise_scheduler(n, schedule, up_kind)
 
 
@@ -112,17 +112,28 @@ class BaseLoss:
         return self.video + self.audio
 
 
+def _with_self_condition(model: JointDenoisingTransformer, scheduler, noisy_v: torch.Tensor, noisy_a: torch.Tensor,
+                         t: torch.Tensor, inputs: DenoiserInputs, rate: float,
+                         generator: torch.Generator | None) -> DenoiserInputs:
+    """A share (`rate`) of the rows first gets the model's own estimate, without gradient, as sampling will give it."""
+    rows = (torch.rand(len(t), generator=generator) < rate).nonzero().squeeze(1).to(t.device)
+    previous_v, previous_a = torch.zeros_like(noisy_v), torch.zeros_like(noisy_a)
+    if len(rows):
+        with torch.no_grad():
+            pv, pa = model(noisy_v[rows], noisy_a[rows], t[rows], inputs.select(rows))
+        previous_v[rows] = predicted_x0(scheduler, noisy_v[rows], pv, t[rows])
+        previous_a[rows] = predicted_x0(scheduler, noisy_a[rows], pa, t[rows])
+    return inputs.with_self_condition(previous_v, previous_a)
+
+
 def base_denoiser_loss(
     model: JointDenoisingTransformer,
     scheduler,
     video_latent: torch.Tensor,
     audio_latent: torch.Tensor,
-    context: TextEmbedding,
+    inputs: DenoiserInputs,
     cond_dropout: float = 0.1,
     generator: torch.Generator | None = None,
-    image_latent: torch.Tensor | None = None,
-    has_image: torch.Tensor | None = None,
-    image_features: torch.Tensor | None = None,
     timestep_logit_mean: float | None = None,
     timestep_logit_std: float = 1.0,
     self_condition_rate: float = 0.5,
@@ -132,26 +143,12 @@ def base_denoiser_loss(
     b, device = video_latent.shape[0], video_latent.device
     t = _timesteps(b, scheduler.config.num_train_timesteps, generator, device, timestep_logit_mean, timestep_logit_std)
     noise_v, noise_a = _randn_like(video_latent, generator), _randn_like(audio_latent, generator)
-    drop = _dropout(b, cond_dropout, generator, device)
+    inputs = inputs.replace(drop=_dropout(b, cond_dropout, generator, device))
     noisy_v, noisy_a = scheduler.add_noise(video_latent, noise_v, t), scheduler.add_noise(audio_latent, noise_a, t)
-    extra = dict(image_latent=image_latent, has_image=has_image, image_features=image_features)
-    self_cond: dict[str, torch.Tensor] = {}
     inner = getattr(model, "module", model)  # the model itself under DistributedDataParallel
     if inner.config.self_condition:
-        # A share of the items (self_condition_rate) first gets the model's own estimate, without
-        # gradient, as sampling will give it.
-        rows = (torch.rand(b, generator=generator) < self_condition_rate).nonzero().squeeze(1).to(device)
-        previous_v, previous_a = torch.zeros_like(video_latent), torch.zeros_like(audio_latent)
-        if len(rows):
-            with torch.no_grad():
-                pv, pa = inner(
-                    noisy_v[rows], noisy_a[rows], t[rows], context.select(rows), drop_condition=drop[rows],
-                    **{k: None if v is None else v[rows] for k, v in extra.items()},
-                )
-            previous_v[rows] = predicted_x0(scheduler, noisy_v[rows], pv, t[rows])
-            previous_a[rows] = predicted_x0(scheduler, noisy_a[rows], pa, t[rows])
-        self_cond = dict(self_cond_video=previous_v, self_cond_audio=previous_a)
-    pred_v, pred_a = model(noisy_v, noisy_a, t, context, drop_condition=drop, **extra, **self_cond)
+        inputs = _with_self_condition(inner, scheduler, noisy_v, noisy_a, t, inputs, self_condition_rate, generator)
+    pred_v, pred_a = model(noisy_v, noisy_a, t, inputs)
     assert pred_a is not None
     return BaseLoss(
         F.mse_loss(pred_v, diffusion_target(scheduler, video_latent, noise_v, t)),
@@ -164,13 +161,10 @@ def upsampler_loss(
     scheduler,
     video_latent: torch.Tensor,
     low_res_latent: torch.Tensor,
-    context: TextEmbedding,
+    inputs: DenoiserInputs,
     max_noise_aug: int,
     cond_dropout: float = 0.1,
     generator: torch.Generator | None = None,
-    image_latent: torch.Tensor | None = None,
-    has_image: torch.Tensor | None = None,
-    image_features: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Upsampler loss with noise-conditioning augmentation: the clean low-res latent is noised to a
     level drawn from [0, max_noise_aug) and the level is given to the model."""
@@ -179,86 +173,90 @@ def upsampler_loss(
     level = _timesteps(b, max(int(max_noise_aug), 1), generator, device)
     noise = _randn_like(video_latent, generator)
     low_res = scheduler.add_noise(low_res_latent, _randn_like(low_res_latent, generator), level)
-    drop = _dropout(b, cond_dropout, generator, device)
-    pred, _ = model(
-        scheduler.add_noise(video_latent, noise, t), None, t, context,
-        low_res_video=low_res, low_res_noise_level=level, image_latent=image_latent, has_image=has_image,
-        image_features=image_features, drop_condition=drop,
-    )
+    inputs = inputs.replace(low_res_video=low_res, low_res_noise_level=level,
+                            drop=_dropout(b, cond_dropout, generator, device))
+    pred, _ = model(scheduler.add_noise(video_latent, noise, t), None, t, inputs)
     return F.mse_loss(pred, diffusion_target(scheduler, video_latent, noise, t))
+
+
+def _interval(guidance_interval: tuple[int, int] | None, train_scheduler) -> tuple[int, int]:
+    if guidance_interval is None:
+        return 0, int(train_scheduler.config.num_train_timesteps)
+    lo, hi = (int(v) for v in guidance_interval)
+    if not 0 <= lo <= hi:
+        raise ValueError(f"guidance_interval must be (lo, hi) with 0 <= lo <= hi, got {guidance_interval}")
+    return lo, hi
+
+
+class _Packing:
+    """Video and audio latents of one sample packed into one row, so multistep samplers keep one history."""
+
+    def __init__(self, config, batch: int):
+        self.video_shape = (batch, *config.video_latent_shape)
+        self.audio_shape = None if config.is_upsampler else (batch, *config.audio_latent_shape)
+        self.n_video = int(torch.Size(config.video_latent_shape).numel())
+        self.n_audio = 0 if self.audio_shape is None else int(torch.Size(config.audio_latent_shape).numel())
+
+    def unpack(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        video = x[:, : self.n_video].reshape(self.video_shape)
+        return video, None if self.audio_shape is None else x[:, self.n_video:].reshape(self.audio_shape)
+
+    def pack(self, video: torch.Tensor, audio: torch.Tensor | None) -> torch.Tensor:
+        b = video.shape[0]
+        return video.reshape(b, -1) if audio is None else torch.cat([video.reshape(b, -1), audio.reshape(b, -1)], 1)
 
 
 @torch.no_grad()
 def sample_latents(
     model: JointDenoisingTransformer,
     train_scheduler,
-    context: TextEmbedding,
+    inputs: DenoiserInputs,
     *,
     sampler: str = "dpm",
     steps: int = 20,
     guidance: float = 4.0,
     guidance_interval: tuple[int, int] | None = None,
     generator: torch.Generator | None = None,
-    low_res_video: torch.Tensor | None = None,
     low_res_noise_level: int = 100,
-    image_latent: torch.Tensor | None = None,
-    has_image: torch.Tensor | None = None,
-    image_features: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Reverse diffusion for one stage. Returns (video latent, audio latent or None for the upsampler).
 
-    For the upsampler pass the clean base latent as `low_res_video`: it is noised here to the fixed
-    `low_res_noise_level`, matching training's noise-conditioning augmentation.
+    For the upsampler, `inputs.low_res_video` is the clean base latent: it is noised here to the
+    fixed `low_res_noise_level`, matching training's noise-conditioning augmentation.
 
     `guidance_interval=(lo, hi)` applies guidance only at timesteps lo <= t <= hi (training timestep
     units) and the plain conditional prediction elsewhere, one forward instead of two (Kynkaanniemi
-    et al. 2024). Guidance at low noise sharpens what the null prediction blurs and overshoots fine
-    structure: on the built-in data it turned squares ragged (held-out shape 0.76 at guidance 4
-    everywhere, 0.96 with guidance only at t >= 700, 4 seeds). None: every step.
+    et al. 2024): guidance at low noise overshoots fine structure. None: every step.
     """
-    cfg = model.config
-    if guidance_interval is None:
-        lo, hi = 0, int(train_scheduler.config.num_train_timesteps)
-    else:
-        lo, hi = (int(v) for v in guidance_interval)
-        if not 0 <= lo <= hi:
-            raise ValueError(f"guidance_interval must be (lo, hi) with 0 <= lo <= hi, got {guidance_interval}")
-    b = context.pooled.shape[0]
-    device = context.pooled.device
-    video_shape = (b, *cfg.video_latent_shape)
-    audio_shape = None if cfg.is_upsampler else (b, *cfg.audio_latent_shape)
-    n_video = int(torch.Size(cfg.video_latent_shape).numel())
-    n_audio = 0 if audio_shape is None else int(torch.Size(cfg.audio_latent_shape).numel())
-
+    lo, hi = _interval(guidance_interval, train_scheduler)
+    b, device = inputs.batch_size, inputs.caption.pooled.device
+    packing = _Packing(model.config, b)
     scheduler = make_sampler(sampler, train_scheduler)
     scheduler.set_timesteps(steps)
-    x = torch.randn((b, n_video + n_audio), generator=generator).to(device) * scheduler.init_noise_sigma
-
-    extra: dict[str, torch.Tensor | None] = dict(image_latent=image_latent, has_image=has_image, image_features=image_features)
-    if cfg.is_upsampler:
-        if low_res_video is None:
-            raise ValueError("the upsampler stage needs the base latent as low_res_video")
+    x = torch.randn((b, packing.n_video + packing.n_audio), generator=generator).to(device) * scheduler.init_noise_sigma
+    if model.config.is_upsampler:
+        if inputs.low_res_video is None:
+            raise ValueError("the upsampler stage needs the base latent as inputs.low_res_video")
         level = torch.full((b,), int(low_res_noise_level), dtype=torch.long, device=device)
-        noise = torch.randn(low_res_video.shape, generator=generator).to(device)
-        extra["low_res_video"] = train_scheduler.add_noise(low_res_video, noise, level)
-        extra["low_res_noise_level"] = level
-
-    previous = torch.zeros_like(x) if cfg.self_condition else None
-    captions: dict = {}  # the caption states, computed at the first step and reused
+        noise = torch.randn(inputs.low_res_video.shape, generator=generator).to(device)
+        inputs = inputs.replace(low_res_video=train_scheduler.add_noise(inputs.low_res_video, noise, level),
+                                low_res_noise_level=level)
+    plain, guided = model.with_caption_state(inputs), None  # captions refined once per call
+    previous = torch.zeros_like(x) if model.config.self_condition else None
     for t in scheduler.timesteps:
         model_in = scheduler.scale_model_input(x, t)
-        video = model_in[:, :n_video].reshape(video_shape)
-        audio = None if audio_shape is None else model_in[:, n_video:].reshape(audio_shape)
+        video, audio = packing.unpack(model_in)
         ts = torch.full((b,), int(t), dtype=torch.long, device=device)
-        if previous is not None:
-            extra["self_cond_video"] = previous[:, :n_video].reshape(video_shape)
-            extra["self_cond_audio"] = None if audio_shape is None else previous[:, n_video:].reshape(audio_shape)
         scale = guidance if lo <= int(t) <= hi else 1.0
-        pred_v, pred_a = model.forward_with_cfg(video, audio, ts, context, scale, caption_cache=captions, **extra)
-        out = pred_v.reshape(b, -1) if pred_a is None else torch.cat([pred_v.reshape(b, -1), pred_a.reshape(b, -1)], 1)
+        if scale != 1.0 and guided is None:
+            guided = model.with_caption_state(inputs.with_null_rows())
+        step_inputs = plain if scale == 1.0 else guided
+        if previous is not None:
+            step_inputs = step_inputs.with_self_condition(*packing.unpack(previous))
+        pred = model(video, audio, ts, step_inputs) if scale == 1.0 else \
+            model.forward_with_cfg(video, audio, ts, step_inputs, scale)
+        out = packing.pack(*pred)
         if previous is not None:
             previous = predicted_x0(train_scheduler, model_in, out, ts)  # the guided estimate
         x = scheduler.step(out, t, x, generator=generator).prev_sample
-    video = x[:, :n_video].reshape(video_shape)
-    audio = None if audio_shape is None else x[:, n_video:].reshape(audio_shape)
-    return video, audio
+    return packing.unpack(x)

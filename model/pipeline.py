@@ -17,12 +17,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .conditioning import ConditioningEncoder
+from .conditioning import ConditioningEncoder, TextEmbedding
 from .config import ModelConfig
 from .denoiser import JointDenoisingTransformer
 from .diffusion import sample_latents
+from .inputs import DenoiserInputs
 from .precision import autocast, autocast_dtype
 from .vae import AudioVAE, VideoVAE
+
+
+def resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, 3, size, size), antialiased: how every input image reaches a model."""
+    return F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 @dataclass
@@ -37,7 +43,7 @@ class GeneratedContent:
 
 class TinyVeo(nn.Module):
     """Every trained component, ready to sample. Build it from a checkpoint with
-    `tasks.generate.load_pipeline`; this class reads no files."""
+    `tasks.checkpoint.load_pipeline`; this class reads no files."""
 
     def __init__(self, config: ModelConfig, encoder: ConditioningEncoder, video_vae: VideoVAE, audio_vae: AudioVAE,
                  base: JointDenoisingTransformer, upsampler: JointDenoisingTransformer, train_scheduler, fps: float,
@@ -57,8 +63,12 @@ class TinyVeo(nn.Module):
     def device(self) -> torch.device:
         return next(self.base.parameters()).device
 
-    def _image_inputs(self, image: torch.Tensor, batch: int) -> dict[str, dict[str, torch.Tensor | None]]:
-        """(3, H, W) or (B, 3, H, W) in [0, 1] -> image latents at both resolutions (+ CLIP features)."""
+    def denoiser_inputs(self, context: TextEmbedding, image: torch.Tensor | None) -> tuple[DenoiserInputs, DenoiserInputs]:
+        """(base, upsampler) inputs: the caption, and for image-to-video the image's latent at each
+        model's resolution (+ CLIP features). image: (3, H, W) or (B, 3, H, W) in [0, 1]."""
+        if image is None:
+            return DenoiserInputs(context), DenoiserInputs(context)
+        batch = context.pooled.shape[0]
         if image.dim() == 3:
             image = image.unsqueeze(0)
         if image.dim() != 4 or image.shape[1] != 3:
@@ -70,13 +80,13 @@ class TinyVeo(nn.Module):
         image = image.float().clamp(0, 1).to(self.device)
         features = self.encoder.get_image_embeds(image) if self.encoder.image_dim else None
         has_image = torch.ones(batch, dtype=torch.bool, device=self.device)
-        out = {}
-        for name, model in (("base", self.base), ("upsampler", self.upsampler)):
+
+        def at_resolution(model: JointDenoisingTransformer) -> DenoiserInputs:
             size = model.config.video_latent_shape[-1] * self.video_vae.config.spatial_downsample
-            resized = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-            out[name] = dict(image_latent=self.video_vae.encode_image(resized), has_image=has_image,
-                             image_features=features)
-        return out
+            latent = self.video_vae.encode_image(resize_image(image, size))
+            return DenoiserInputs(context, image_latent=latent, has_image=has_image, image_features=features)
+
+        return at_resolution(self.base), at_resolution(self.upsampler)
 
     @torch.no_grad()
     def generate_content(
@@ -109,17 +119,13 @@ class TinyVeo(nn.Module):
                 raise ValueError(f"prompt {i + 1} is empty")
         generator = torch.Generator().manual_seed(int(seed))
         context = self.encoder.get_text_embeds(prompts).to(self.device)
-        image = self._image_inputs(input_image, len(prompts)) if input_image is not None else {}
+        base_inputs, up_inputs = self.denoiser_inputs(context, input_image)
+        settings = dict(sampler=sampler, guidance=guidance, guidance_interval=guidance_interval, generator=generator)
         with autocast(self.device, autocast_dtype(precision, self.device)):
-            base_video, audio = sample_latents(
-                self.base, self.train_scheduler, context, sampler=sampler, steps=steps, guidance=guidance,
-                guidance_interval=guidance_interval, generator=generator, **image.get("base", {}),
-            )
-            up_video, _ = sample_latents(
-                self.upsampler, self.upsampler_scheduler, context, sampler=sampler, steps=upsampler_steps or steps,
-                guidance=guidance, guidance_interval=guidance_interval, generator=generator, low_res_video=base_video,
-                low_res_noise_level=upsampler_noise_level, **image.get("upsampler", {}),
-            )
+            base_video, audio = sample_latents(self.base, self.train_scheduler, base_inputs, steps=steps, **settings)
+            up_video, _ = sample_latents(self.upsampler, self.upsampler_scheduler,
+                                         up_inputs.replace(low_res_video=base_video), steps=upsampler_steps or steps,
+                                         low_res_noise_level=upsampler_noise_level, **settings)
             assert audio is not None
             video = self.video_vae.decode(up_video).clamp(0, 1).cpu()
             base_decoded = self.video_vae.decode(base_video).clamp(0, 1).cpu() if decode_base else None

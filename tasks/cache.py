@@ -1,10 +1,5 @@
-"""Tensor caching: the article's `preprocess_video` / `preprocess_audio`, done in sync, written once
-into safetensors shards plus a manifest that `MultiModalDataset` reads lazily.
-
-Sync fix: the article read the first 16 frames (~0.6 s at 25 fps) against the first 2 s of audio.
-Here frame i is the frame on screen at t = start + i * window / F, the same window the audio covers,
-chosen by presentation time (variable frame rate safe). Clips shorter than the window are padded
-(black frames, silent samples) and flagged.
+"""The tensor cache: every item's tensors (tasks/preprocess.py) written once into safetensors shards
+plus a manifest, and the one reader of them, `MultiModalDataset`.
 
 Storage: video and images as uint8 (exactly the decoded 8-bit values), audio as float16; the
 dataset returns float tensors in [0, 1] (video) and [-1, 1] (audio). Shards are written to a
@@ -16,15 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from concurrent.futures import Executor
-
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import Dataset
 
-from .runtime import LazyPrefectTask, map_clips, persistent_cache
+from .media import atomic_path
+from .preprocess import compute_item
+from .runtime import UserError, map_clips
 
 MANIFEST = "manifest.parquet"
 TENSOR_FIELDS = ("video_base", "video_upsampled", "audio", "image_base", "image_upsampled")
@@ -41,10 +41,10 @@ class CacheSettings:
     shard_size: int = 256
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "CacheSettings":
-        c = params["cache"]
-        return cls(int(c["num_frames"]), float(c["window_s"]), float(c["window_start_s"]), int(c["base_size"]),
-                   int(c["upsampled_size"]), int(c["sample_rate"]), int(c["shard_size"]))
+    def from_params(cls, cache) -> "CacheSettings":
+        """From the `cache` params group."""
+        return cls(cache.num_frames, cache.window_s, cache.window_start_s, cache.base_size, cache.upsampled_size,
+                   cache.sample_rate, cache.shard_size)
 
     def fingerprint(self) -> str:
         fields = {k: v for k, v in asdict(self).items() if k != "shard_size"}
@@ -73,116 +73,7 @@ class CacheItem:
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
-def frame_times(num_frames: int, window_s: float, start_s: float = 0.0) -> np.ndarray:
-    """The instants the cached frames show: evenly spread over [start, start + window)."""
-    return start_s + np.arange(num_frames) * (window_s / num_frames)
-
-
-def select_frames(frames: np.ndarray, times: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, bool]:
-    """For each wanted instant, the frame on screen then (last pts <= instant); black past the end."""
-    period = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / 24
-    end = float(times[-1]) + period
-    idx = np.searchsorted(times, wanted + 1e-6, side="right") - 1
-    idx = np.clip(idx, 0, len(times) - 1)
-    out = frames[idx].copy()
-    past = wanted >= end
-    out[past] = 0
-    return out, bool(past.any())
-
-
-def preprocess_video_sizes(path: str | Path, sizes: tuple[int, ...], num_frames: int = 16, window_s: float = 2.0,
-                           start_s: float = 0.0) -> tuple[dict[int, np.ndarray], bool]:
-    """Decode once; {size: (F, size, size, 3) uint8} and whether padding was needed."""
-    from .media import decode_video, resize_square
-
-    frames, times = decode_video(path, max_seconds=start_s + window_s + 1.0)
-    chosen, padded = select_frames(frames, times, frame_times(num_frames, window_s, start_s))
-    return {s: resize_square(chosen, s) for s in sizes}, padded
-
-
-def preprocess_video(path: str | Path, target_height: int, target_width: int, num_frames: int = 16,
-                     window_s: float = 2.0, start_s: float = 0.0):
-    """The article's function, in sync with the audio: (3, F, H, W) float in [0, 1]."""
-    import torch
-
-    if target_height != target_width:
-        raise ValueError("tinyveo caches square frames (target_height == target_width)")
-    sized, _ = preprocess_video_sizes(path, (target_height,), num_frames, window_s, start_s)
-    return torch.from_numpy(sized[target_height]).permute(3, 0, 1, 2).float() / 255.0
-
-
-def preprocess_audio_array(path: str | Path, sample_rate: int = 16000, window_s: float = 2.0,
-                           start_s: float = 0.0) -> tuple[np.ndarray, bool]:
-    """(N,) float32 mono in [-1, 1], peak-normalised, padded/trimmed to the window; and padded?"""
-    from .media import read_wav, resample
-
-    audio, rate = read_wav(path)
-    audio = resample(audio, rate, sample_rate)
-    n = int(round(window_s * sample_rate))
-    first = int(round(start_s * sample_rate))
-    clip = audio[first:first + n]
-    padded = len(clip) < n
-    if padded:
-        clip = np.pad(clip, (0, n - len(clip)))
-    peak = float(np.abs(clip).max()) if len(clip) else 0.0
-    if peak > 0:
-        clip = clip / peak
-    return clip.astype(np.float32), padded
-
-
-def preprocess_audio(path: str | Path, sample_rate: int = 16000, window_s: float = 2.0, start_s: float = 0.0):
-    """The article's function: (1, N) float tensor, mono, peak-normalised, padded/trimmed."""
-    import torch
-
-    clip, _ = preprocess_audio_array(path, sample_rate, window_s, start_s)
-    return torch.from_numpy(clip).unsqueeze(0)
-
-
-def load_image(path: str | Path, size: int) -> np.ndarray:
-    """(size, size, 3) uint8, centre-cropped to square."""
-    from PIL import Image
-
-    from .media import resize_square
-
-    with Image.open(path) as img:
-        arr = np.asarray(img.convert("RGB"))
-    return resize_square(arr[None], size)[0]
-
-
-def item_tensors(item: CacheItem, settings: CacheSettings) -> tuple[dict[str, np.ndarray], bool]:
-    """All tensors of one item (uint8 CHW video/images, float16 audio) and whether it was padded."""
-    s = settings
-    sized, padded_v = preprocess_video_sizes(item.video, (s.base_size, s.upsampled_size), s.num_frames, s.window_s,
-                                             s.window_start_s)
-    audio, padded_a = preprocess_audio_array(item.wav, s.sample_rate, s.window_s, s.window_start_s)
-    out = {
-        "video_base": sized[s.base_size].transpose(3, 0, 1, 2),
-        "video_upsampled": sized[s.upsampled_size].transpose(3, 0, 1, 2),
-        "audio": audio[None].astype(np.float16),
-        "image_base": np.zeros((3, s.base_size, s.base_size), np.uint8),
-        "image_upsampled": np.zeros((3, s.upsampled_size, s.upsampled_size), np.uint8),
-    }
-    if item.image:
-        out["image_base"] = load_image(item.image, s.base_size).transpose(2, 0, 1)
-        out["image_upsampled"] = load_image(item.image, s.upsampled_size).transpose(2, 0, 1)
-    return {k: np.ascontiguousarray(v) for k, v in out.items()}, padded_v or padded_a
-
-
-def _work(args: tuple[CacheItem, CacheSettings]) -> tuple[dict[str, np.ndarray] | None, bool, str | None]:
-    item, settings = args
-    try:
-        tensors, padded = item_tensors(item, settings)
-        return tensors, padded, None
-    except Exception as exc:  # one bad clip never kills the run: reported, the others go on
-        return None, False, f"{type(exc).__name__}: {exc}"
-
-
 def _write_shard(cache_dir: Path, keys: list[str], tensors: list[dict[str, np.ndarray]]) -> str:
-    import torch
-    from safetensors.torch import save_file
-
-    from .media import atomic_path
-
     name = "shard-" + hashlib.sha256("|".join(keys).encode()).hexdigest()[:16] + ".safetensors"
     stacked = {f: torch.from_numpy(np.stack([t[f] for t in tensors])) for f in TENSOR_FIELDS}
     with atomic_path(cache_dir / name) as tmp:
@@ -200,13 +91,10 @@ class CacheResult:
 
 
 def write_cache(items: list[CacheItem], cache_dir: str | Path, settings: CacheSettings, workers: int = 2,
-                progress: bool = True, pool: Executor | None = None) -> CacheResult:
+                progress: bool = True, pool=None, map_fn: Callable | None = None) -> CacheResult:
     """Bring the cache in line with `items`: compute only items whose key is new, then replace the
-    manifest atomically and delete shards nothing refers to any more."""
-    import pandas as pd
-
-    from .media import atomic_path
-
+    manifest atomically and delete shards nothing refers to any more. `map_fn(fn, jobs, desc)` runs
+    the per-item work (default: `runtime.map_clips` over `workers` processes or `pool`)."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = cache_dir / MANIFEST
@@ -233,7 +121,8 @@ def write_cache(items: list[CacheItem], cache_dir: str | Path, settings: CacheSe
             done_keys.clear()
             done_tensors.clear()
 
-    results = map_clips(_work, [((it, settings),) for it, _ in todo], workers, "cache", progress, pool)
+    jobs = [(it, settings) for it, _ in todo]
+    results = (map_fn or (lambda fn, j, desc: map_clips(fn, j, workers, desc, progress, pool)))(compute_item, jobs, "cache")
     for (it, key), (tensors, padded, error) in zip(todo, results):
         if tensors is None:
             failed.append((it.source, f"cache: {error}"))
@@ -267,11 +156,72 @@ def write_cache(items: list[CacheItem], cache_dir: str | Path, settings: CacheSe
                        padded={row["source"]: row["padded"] for row in rows})
 
 
-def write_cache_key(parameters: dict) -> str:
-    from .runtime import content_digest
+def read_manifest(cache_dir: str | Path) -> pd.DataFrame:
+    path = Path(cache_dir) / MANIFEST
+    if not path.exists():
+        raise UserError(f"{path}: no tensor cache (run `tinyveo prepare --out {Path(cache_dir).parent}` first)")
+    manifest = pd.read_parquet(path)
+    if not len(manifest):
+        raise UserError(f"{path}: the cache is empty")
+    return manifest
 
-    return content_digest("tensor-cache", [asdict(i) for i in parameters["items"]], asdict(parameters["settings"]),
-                          str(parameters["cache_dir"]))
 
+class MultiModalDataset(Dataset):
+    """The article's dataset over the tensor cache, the one reader of it. Items (lazily, memory-mapped,
+    safe with DataLoader workers) carry the article's keys: modality, video_base (3,F,32,32),
+    video_upsampled (3,F,64,64), audio (1,N), raw_caption, input_image_base (3,32,32) (zeros for t2v,
+    as the article), input_image_upsampled, plus has_image, has_audio, padded, split, id and
+    attributes (JSON). `tensors()` loads every item at once, as training does."""
 
-cache_task = LazyPrefectTask(write_cache, name="tensor-cache", **persistent_cache(write_cache_key))
+    def __init__(self, cache_dir: str | Path, split: str | None = None):
+        self.cache_dir = Path(cache_dir)
+        frame = read_manifest(self.cache_dir)
+        self.manifest = frame[frame["split"] == split] if split is not None else frame
+        self.rows = self.manifest.reset_index(drop=True).to_dict("records")
+        self._handles: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handles"] = {}  # file handles do not cross into worker processes
+        return state
+
+    def _shard(self, name: str):
+        if name not in self._handles:
+            self._handles[name] = safe_open(str(self.cache_dir / name), framework="pt")
+        return self._handles[name]
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        row = self.rows[idx]
+        shard, i = self._shard(row["shard"]), int(row["offset"])
+
+        def get(field: str) -> torch.Tensor:
+            return shard.get_slice(field)[i : i + 1][0]
+
+        return {
+            "modality": row["modality"], "raw_caption": row["caption"],
+            "video_base": get("video_base").float() / 255.0, "video_upsampled": get("video_upsampled").float() / 255.0,
+            "audio": get("audio").float(),
+            "input_image_base": get("image_base").float() / 255.0,
+            "input_image_upsampled": get("image_upsampled").float() / 255.0,
+            "has_image": row["modality"] == "i2v", "has_audio": bool(row["has_audio"]), "padded": bool(row["padded"]),
+            "split": row.get("split") or "", "id": row["id"], "attributes": row.get("attributes") or "{}",
+        }
+
+    def attributes(self, idx: int) -> dict[str, str]:
+        return json.loads(self.rows[idx].get("attributes") or "{}")
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every field of every item in memory (uint8 video/images, float16 audio), in manifest order."""
+        parts: dict[str, list] = {f: [] for f in TENSOR_FIELDS}
+        for shard, rows in self.manifest.groupby("shard", sort=False):
+            offsets = torch.as_tensor(rows["offset"].to_numpy().copy())
+            for field in TENSOR_FIELDS:
+                parts[field].append((rows.index.to_numpy().copy(), self._shard(shard).get_tensor(field)[offsets]))
+        out = {}
+        for field, chunks in parts.items():
+            order = torch.cat([torch.as_tensor(idx) for idx, _ in chunks]).argsort()
+            out[field] = torch.cat([t for _, t in chunks])[order]
+        return out

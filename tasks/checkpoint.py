@@ -1,5 +1,9 @@
 """Checkpoints: weights in safetensors, training state in a file read with torch.load(weights_only=True).
 
+A checkpoint folder holds vae/ (the final video_vae / audio_vae weights), latents/ (every training
+item encoded once) and denoiser/ (step checkpoints with EMA weights), each with config.json and
+summary.json: one folder per stage, so each is a separate DVC output.
+
 Layout of one stage folder (CKPT_DIR/<stage>/):
     step-000500/  weights (*.safetensors) + state.pt   a complete checkpoint
     latest        the name of the newest complete checkpoint folder
@@ -8,6 +12,7 @@ A checkpoint is written into a temporary folder, renamed into place, and only th
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -69,3 +74,140 @@ def load_weights(folder: str | Path, module: str) -> dict[str, torch.Tensor]:
 
 def load_state(folder: str | Path) -> dict[str, Any]:
     return torch.load(Path(folder) / "state.pt", weights_only=True)
+
+
+# ---- the checkpoint folder's layout ------------------------------------------------------------
+
+VAE_DIR, LATENTS_DIR, DENOISER_DIR = "vae", "latents", "denoiser"
+VAE_MODULES = ("video_vae", "audio_vae")
+LATENTS_FILE = "latents.safetensors"
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """JSON, written to a temporary name and renamed."""
+    from .media import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+
+def write_stage_files(stage_dir: Path, params, summary: dict[str, Any], widths: dict[str, int] | None = None) -> None:
+    """STAGE/config.json (the params the stage ran with, + encoder widths: enough to rebuild every
+    model) and STAGE/summary.json (its metrics and MLflow run id)."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    write_json(stage_dir / "config.json", {"params": params.to_dict(), **(widths or {})})
+    write_json(stage_dir / "summary.json", summary)
+
+
+def save_vaes(checkpoint: str | Path, modules: dict[str, torch.nn.Module]) -> None:
+    from safetensors.torch import save_file
+
+    from .media import atomic_path
+
+    for name, module in modules.items():
+        with atomic_path(Path(checkpoint) / VAE_DIR / f"{name}.safetensors") as tmp:
+            save_file({k: v.contiguous().cpu() for k, v in module.state_dict().items()}, str(tmp))
+
+
+def load_vaes(checkpoint: str | Path, cfg, device) -> tuple[Any, Any]:
+    """The trained (VideoVAE, AudioVAE) of a checkpoint folder, frozen, in eval mode."""
+    from model import AudioVAE, VideoVAE
+
+    from .runtime import UserError
+
+    video_vae, audio_vae = VideoVAE(cfg.video_vae).to(device), AudioVAE(cfg.audio_vae).to(device)
+    for name, module in zip(VAE_MODULES, (video_vae, audio_vae)):
+        path = Path(checkpoint) / VAE_DIR / f"{name}.safetensors"
+        if not path.exists():
+            raise UserError(f"{path}: no trained VAE (run `tinyveo train-vae` first)")
+        _load_into(module, path)
+    return video_vae.requires_grad_(False).eval(), audio_vae.requires_grad_(False).eval()
+
+
+def _load_into(module: torch.nn.Module, path: Path, config_path: Path | None = None) -> None:
+    from .runtime import UserError
+
+    try:
+        module.load_state_dict(load_weights(path.parent, path.stem))
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from exc
+    except RuntimeError as exc:
+        detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])
+        raise UserError(f"{path}: incompatible with {config_path or 'the configured model'} ({detail[:300]})") from exc
+
+
+def read_config(checkpoint: str | Path) -> tuple[Any, dict[str, Any]]:
+    """(Params, saved widths) of a finished checkpoint folder; errors name the missing file."""
+    from .params import ParamsError, Params
+    from .runtime import UserError
+
+    ckpt = Path(checkpoint)
+    config_path = ckpt / DENOISER_DIR / "config.json"
+    if not ckpt.is_dir():
+        raise UserError(f"{ckpt}: no such checkpoint folder (train one with `tinyveo train --out {ckpt}`)")
+    if not config_path.exists():
+        raise UserError(f"{config_path}: missing; {ckpt} is not a finished tinyveo checkpoint (run `tinyveo train`)")
+    try:
+        saved = json.loads(config_path.read_text(encoding="utf-8"))
+        return Params.from_dict(saved["params"]), saved
+    except (json.JSONDecodeError, KeyError, ParamsError) as exc:
+        raise UserError(f"{config_path}: not a tinyveo checkpoint config ({exc})") from exc
+
+
+def load_pipeline(checkpoint: str | Path, device: str | None = None):
+    """A trained checkpoint folder -> (TinyVeo with the EMA denoisers, the params it was trained with)."""
+    from model import ConditioningEncoder, JointDenoisingTransformer, TinyVeo, from_params, noise_schedulers
+
+    from .runtime import UserError, pick_device
+
+    ckpt = Path(checkpoint)
+    params, saved = read_config(ckpt)
+    config_path = ckpt / DENOISER_DIR / "config.json"
+    dev = pick_device(device or params.train.device)
+    encoder = ConditioningEncoder.from_params(params.conditioning).to(dev)
+    if encoder.text_dim != saved.get("context_dim", encoder.text_dim):
+        raise UserError(f"{config_path}: the checkpoint was trained with {saved['context_dim']}-d text embeddings, "
+                        f"the configured {params.conditioning.backend} encoder gives {encoder.text_dim}-d")
+    cfg = from_params(params, context_dim=encoder.text_dim, image_feature_dim=encoder.image_dim)
+    video_vae, audio_vae = load_vaes(ckpt, cfg, "cpu")
+    folder = latest_checkpoint(ckpt / DENOISER_DIR)
+    if folder is None:
+        raise UserError(f"{ckpt / DENOISER_DIR}: no denoiser checkpoint (run `tinyveo train-denoiser`)")
+    base, upsampler = JointDenoisingTransformer(cfg.base), JointDenoisingTransformer(cfg.upsampler)
+    for module, name in ((base, "base_ema"), (upsampler, "upsampler_ema")):
+        _load_into(module, folder / f"{name}.safetensors", config_path)
+    scheduler, up_scheduler = noise_schedulers(params.diffusion)
+    fps = params.cache.num_frames / params.cache.window_s
+    return TinyVeo(cfg, encoder, video_vae, audio_vae, base, upsampler, scheduler, fps, up_scheduler).to(dev), params
+
+
+def write_latents(checkpoint: str | Path, tensors: dict[str, torch.Tensor], encoder, keys: list[str]) -> Path:
+    """CHECKPOINT/latents/latents.safetensors, with the encoder's identity and widths and the cache keys."""
+    from safetensors.torch import save_file
+
+    from .media import atomic_path
+
+    path = Path(checkpoint) / LATENTS_DIR / LATENTS_FILE
+    meta = {"encoder": encoder.identity, "context_dim": str(encoder.text_dim),
+            "image_feature_dim": str(encoder.image_dim), "keys": json.dumps(keys)}
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    return path
+
+
+def read_latents(checkpoint: str | Path, keys: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """(latent tensors, encoder widths) of a checkpoint folder, checked against the cache's item keys."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from .runtime import UserError
+
+    path = Path(checkpoint) / LATENTS_DIR / LATENTS_FILE
+    if not path.exists():
+        raise UserError(f"{path}: no encoded latents (run `tinyveo encode-latents` first)")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    if json.loads(meta["keys"]) != list(keys):
+        raise UserError(f"{path}: encoded from another tensor cache (run `tinyveo encode-latents` again)")
+    widths = {"context_dim": int(meta["context_dim"]), "image_feature_dim": int(meta["image_feature_dim"])}
+    return load_file(str(path)), widths

@@ -1,89 +1,300 @@
-"""The `tinyveo` command. Subcommands import their heavy modules only when they run, so
-`tinyveo --help` stays fast."""
+"""The `tinyveo` command, defined once: every step's arguments live here, beside one parent parser
+for --params/--set/--device. A step's module is imported only when that step runs, so
+`tinyveo --help` stays fast. DVC stages call these same commands.
+
+    tinyveo synth --out data/raw
+    tinyveo prepare --source data/raw --annotations data/raw/annotations.json --out data
+    tinyveo train --data data --out checkpoints          # = train-vae, encode-latents, train-denoiser
+    tinyveo generate --checkpoint checkpoints --prompt "A red circle moves left to right with a low tone" --out gen
+    tinyveo evaluate --checkpoint checkpoints --holdout data --out outputs/eval
+    torchrun --nproc_per_node 2 -m tasks.cli train --data data --out checkpoints   # DDP (gloo on CPU)
+"""
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
+import shutil
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
-
-# name -> (module, one-line help). Each module offers add_arguments(parser) and run(args). The
-# `tinyveo` entry point (flows/cli.py) adds the flow commands (pipeline, serve) to these.
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("tasks.synth", "write the built-in synthetic dataset: mp4 clips with sound + annotations.json"),
-    "prepare": ("tasks.prepare", "clips + annotations -> t2v/i2v pairs and the tensor cache (with a report of skipped files)"),
-    "train": ("tasks.train", "train the VAEs, then the base + upsampler denoisers (MLflow, checkpoints, --resume)"),
-    "generate": ("tasks.generate", "prompt(s) (+ optional first-frame image) -> mp4 with sound, wav and frame-grid png"),
-    "evaluate": ("tasks.evaluate", "generate for held-out prompts -> metrics.json (accuracy, CLIP score, LPIPS, PSNR/SSIM) + MLflow"),
-    "smoke": ("tasks.smoke", "run a few optimisation steps of every model on random tensors (checks an install)"),
-}
 
 EPILOG = """\
 examples:
-  tinyveo synth --out data/raw --num-clips 600
+  tinyveo synth --out data/raw --set data.synth_num_clips=600
   tinyveo prepare --source data/raw --annotations data/raw/annotations.json --out data
-  tinyveo train --data data --out checkpoints
+  tinyveo train --data data --out checkpoints [--resume] [--set train.denoiser_steps=500]
   tinyveo generate --checkpoint checkpoints --prompt "A red circle moves left to right with a low tone" --out gen
   tinyveo generate --checkpoint checkpoints --prompts prompts.txt --out gen --sampler ddim --steps 50
   tinyveo evaluate --checkpoint checkpoints --holdout data --out outputs/eval
   tinyveo smoke                      # check the install: every model's loss goes down
-  tinyveo smoke --set denoiser.base.depth=2 --steps 10
 
 Hyperparameters come from params.yaml; override any with --set group.key=value.
 """
 
 
-def build_parser(commands: dict[str, tuple[str, str]] | None = None) -> argparse.ArgumentParser:
+@dataclass(frozen=True)
+class Command:
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: str                           # "module:function" taking (args, params) -> exit code
+
+
+def _common() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--params", default=None, help="params file (default: ./params.yaml, else the repository's)")
+    parent.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter, e.g. --set train.denoiser_steps=500 (repeatable)")
+    parent.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    return parent
+
+
+def _synth_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="folder for clips/, images/ and annotations.json")
+    p.add_argument("--workers", type=int, default=2, help="parallel writer processes (default: 2)")
+
+
+def _prepare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", required=True, help="folder holding the clips (every annotation path must be inside)")
+    p.add_argument("--annotations", required=True, help="JSON list or JSONL with video_path + summary per record")
+    p.add_argument("--out", required=True, help="data folder: dataset/t2v_pairs, dataset/i2v_pairs, cache/, report")
+    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: cache.workers)")
+
+
+def _stage_args(p: argparse.ArgumentParser, resumable: bool = True) -> None:
+    p.add_argument("--data", required=True, help="data folder written by `tinyveo prepare` (reads DATA/cache)")
+    p.add_argument("--out", required=True, help="checkpoint folder: OUT/vae, OUT/latents, OUT/denoiser")
+    if resumable:
+        p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+        p.add_argument("--stop-after", type=int, default=None, metavar="N",
+                       help="stop each stage after N more steps (checkpointed; continue later with --resume)")
+        p.add_argument("--metrics-dir", default=None,
+                       help="also copy each stage's summary.json (as STAGE_summary.json) and loss TSV here (DVC)")
+
+
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder written by `tinyveo train`")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="one text prompt")
+    source.add_argument("--prompts", help="prompts file: plain text (one a line) or JSONL with a 'prompt' field")
+    p.add_argument("--image", default=None, help="first-frame image for image-to-video (with --prompt)")
+    p.add_argument("--out", required=True, help="output folder (mp4 + wav + png per sample, samples.jsonl)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps per stage (default: sample.steps)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: params)")
+    p.add_argument("--sampler", default=None, help="ddpm | ddim | dpm (default: sample.sampler)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: params seed)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per sampling batch (default: 8)")
+    p.add_argument("--view-size", type=int, default=256, help="mp4 frame size, nearest-upscaled (default: 256)")
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder written by `tinyveo train`")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--holdout", help="data folder written by `tinyveo prepare` (uses its held-out combinations)")
+    source.add_argument("--prompts", help="prompts file: text or JSONL ('prompt', optional 'attributes', 'image')")
+    p.add_argument("--out", required=True, help="output folder: metrics.json, accuracy.tsv, samples/")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+
+
+def _smoke_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps (default: train.smoke_steps)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: train.smoke_batch_size)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: params seed)")
+    p.add_argument("--random-context", action="store_true",
+                   help="use random caption embeddings instead of the configured text encoder")
+    p.add_argument("--out", default=None, help="write the losses as JSON here (DVC metrics)")
+
+
+COMMANDS: dict[str, Command] = {
+    "synth": Command("write the built-in synthetic dataset: mp4 clips with sound + annotations.json",
+                     _synth_args, "tasks.cli:run_synth"),
+    "prepare": Command("clips + annotations -> t2v/i2v pairs and the tensor cache (with a report of skipped files)",
+                       _prepare_args, "tasks.cli:run_prepare"),
+    "train-vae": Command("train the video and audio VAEs on the tensor cache (checkpoints, --resume)",
+                         _stage_args, "tasks.cli:run_train_vae"),
+    "encode-latents": Command("encode every cached item with the trained VAEs and the caption encoder",
+                              lambda p: _stage_args(p, resumable=False), "tasks.cli:run_encode_latents"),
+    "train-denoiser": Command("train the base + upsampler denoisers on the encoded latents (MLflow, --resume)",
+                              _stage_args, "tasks.cli:run_train_denoiser"),
+    "train": Command("train-vae, encode-latents and train-denoiser in one go", _stage_args, "tasks.cli:run_train"),
+    "generate": Command("prompt(s) (+ optional first-frame image) -> mp4 with sound, wav and frame-grid png",
+                        _generate_args, "tasks.cli:run_generate"),
+    "evaluate": Command("generate for held-out prompts -> metrics.json (accuracy, CLIP score, LPIPS, PSNR/SSIM) + MLflow",
+                        _evaluate_args, "tasks.cli:run_evaluate"),
+    "smoke": Command("run a few optimisation steps of every model on random tensors (checks an install)",
+                     _smoke_args, "tasks.cli:run_smoke"),
+}
+
+
+# ---- handlers: each imports its step when it runs -----------------------------------------------
+
+def run_synth(args: argparse.Namespace, params) -> int:
+    from .synth import synth
+
+    path = synth(args.out, params.data, workers=args.workers)
+    records = json.loads(path.read_text(encoding="utf-8"))
+    holdout = sum(r["split"] == "holdout" for r in records)
+    print(f"wrote {len(records)} clips ({holdout} holdout, {sum('image_path' in r for r in records)} with images) -> {path}")
+    return 0
+
+
+def run_prepare(args: argparse.Namespace, params) -> int:
+    from .prepare import prepare
+
+    report = prepare(args.source, args.annotations, args.out, params.cache, args.workers)
+    for s in report.skipped:
+        print(f"skipped {s['source']}: {s['reason']}")
+    print(report.summary())
+    print(f"report: {Path(args.out) / 'prepare_report.json'}")
+    return 0 if report.kept else 1
+
+
+def _copy_metrics(args: argparse.Namespace, stage: str) -> None:
+    """CKPT/<stage>/summary.json and loss TSV beside DVC's other metrics (rank 0)."""
+    if not getattr(args, "metrics_dir", None) or int(os.environ.get("RANK", "0")):
+        return
+    target = Path(args.metrics_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    folder, name = Path(args.out) / stage, {"vae": "vae", "denoiser": "denoiser"}[stage]
+    for src, dst in (("summary.json", f"{name}_summary.json"), (f"loss_{name}.tsv", f"loss_{name}.tsv")):
+        if (folder / src).exists():
+            shutil.copyfile(folder / src, target / dst)
+
+
+def _train_stage(args: argparse.Namespace, params, stage: str) -> int:
+    from .training import NonFiniteLossError
+
+    module = importlib.import_module(f"tasks.train_{stage}")
+    try:
+        summary = getattr(module, f"train_{stage}")(args.data, args.out, params, resume=args.resume,
+                                                    stop_after=args.stop_after, device=args.device)
+    except NonFiniteLossError as exc:
+        print(f"tinyveo train: error: {exc}")
+        return 3
+    _copy_metrics(args, stage)
+    if summary:
+        print(json.dumps(summary, indent=1))
+    return 0
+
+
+def run_train_vae(args: argparse.Namespace, params) -> int:
+    return _train_stage(args, params, "vae")
+
+
+def run_encode_latents(args: argparse.Namespace, params) -> int:
+    from .encode_latents import encode_latents
+
+    print(f"wrote {encode_latents(args.data, args.out, params, device=args.device)}")
+    return 0
+
+
+def run_train_denoiser(args: argparse.Namespace, params) -> int:
+    return _train_stage(args, params, "denoiser")
+
+
+def run_train(args: argparse.Namespace, params) -> int:
+    """The three training steps in order; a --stop-after that ends the VAE stage early stops there."""
+    code = run_train_vae(args, params)
+    if code or (args.stop_after is not None and _stage_steps(args.out, "vae") < params.train.vae_steps):
+        return code
+    run_encode_latents(args, params)
+    return run_train_denoiser(args, params)
+
+
+def _stage_steps(checkpoint: str, stage: str) -> int:
+    summary = Path(checkpoint) / stage / "summary.json"
+    return json.loads(summary.read_text(encoding="utf-8"))["steps"] if summary.exists() else 0
+
+
+def run_generate(args: argparse.Namespace, params) -> int:
+    from .generate import generate
+    from .runtime import UserError
+    from .samples import PromptSpec, read_prompts
+
+    if args.prompt is not None:
+        if not args.prompt.strip():
+            raise UserError("--prompt is empty")
+        specs = [PromptSpec(args.prompt.strip(), args.image)]
+    else:
+        if args.image:
+            raise UserError("--image goes with --prompt; in a JSONL prompts file give each line an 'image' field")
+        specs = read_prompts(args.prompts)
+    records = generate(args.checkpoint, specs, args.out, params, steps=args.steps, guidance=args.guidance,
+                       sampler=args.sampler, seed=args.seed, batch_size=args.batch_size, view_size=args.view_size,
+                       device=args.device)
+    for r in records:
+        print(f"{r['mp4']}  <- {r['prompt']}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace, params) -> int:
+    from .evaluate import evaluate, print_report
+
+    metrics = evaluate(args.checkpoint, args.out, params, holdout=args.holdout, prompts=args.prompts,
+                       device=args.device, track=False if args.no_mlflow else None)
+    print_report(metrics)
+    print(f"wrote {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def run_smoke(args: argparse.Namespace, params) -> int:
+    from .smoke import report_smoke, run_smoke
+
+    t = params.train
+    steps = args.steps if args.steps is not None else t.smoke_steps
+    batch = args.batch_size if args.batch_size is not None else t.smoke_batch_size
+    seed = args.seed if args.seed is not None else params.seed
+    result = run_smoke(params, steps, batch, seed, use_text_encoder=not args.random_context, device=args.device)
+    return report_smoke(result, steps, batch, args.out)
+
+
+# ---- the parser and the entry point -------------------------------------------------------------
+
+def build_parser(commands: dict[str, Command] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tinyveo",
+        prog="tinyveo", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="tinyveo: a small joint video + audio diffusion pipeline (text or image+text to clip with sound).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in (commands or SUBCOMMANDS).items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=module)
-        # Argument definitions live next to the code they configure; loading them is cheap because
-        # each task module defers its heavy imports into functions.
-        importlib.import_module(module).add_arguments(p)
+    common = _common()
+    for name, command in (commands or COMMANDS).items():
+        p = sub.add_parser(name, help=command.help, description=command.help, parents=[common])
+        command.arguments(p)
+        p.set_defaults(_run=command.run)
     return parser
 
 
-def run_guarded(command: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+def run_guarded(command: str, target: str, args: argparse.Namespace) -> int:
     """Run a subcommand; user errors become one line on stderr (naming the file and the reason), exit 2."""
     from model.conditioning import MissingCheckpointError
 
-    from .params import ParamsError
+    from .params import ParamsError, load_params
     from .runtime import UserError
 
+    module, function = target.split(":")
     try:
-        return int(run(args) or 0)
+        params = load_params(args.params, args.overrides)
+        return int(getattr(importlib.import_module(module), function)(args, params) or 0)
     except (ParamsError, UserError, MissingCheckpointError) as exc:
         print(f"tinyveo {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tinyveo {command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules and sys.modules["torch.distributed"].is_initialized():
+            sys.modules["torch.distributed"].destroy_process_group()
 
 
-def module_main(name: str, argv: Sequence[str] | None = None) -> int:
-    """The `python -m tasks.<name>` entry that DVC stages call: the same arguments, help and error
-    handling as `tinyveo <name>`."""
-    module = importlib.import_module(f"tasks.{name}")
-    parser = argparse.ArgumentParser(prog=f"python -m tasks.{name}", description=module.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    module.add_arguments(parser)
-    return run_guarded(name, module.run, parser.parse_args(argv))
-
-
-def main(argv: Sequence[str] | None = None, commands: dict[str, tuple[str, str]] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, commands: dict[str, Command] | None = None) -> int:
     parser = build_parser(commands)
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    return run_guarded(args.command, importlib.import_module(args._module).run, args)
+    return run_guarded(args.command, args._run, args)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .runtime import LazyPrefectTask
 
 
 def extract_audio(video_path: str | Path, wav_path: str | Path, sample_rate: int = 16000, has_audio: bool = True,
@@ -35,4 +34,13 @@ def extract_audio(video_path: str | Path, wav_path: str | Path, sample_rate: int
     return Path(wav_path)
 
 
-extract_audio_task = LazyPrefectTask(extract_audio, name="extract-audio", retries=2, retry_delay_seconds=[1, 4])
+def extract_clip_audio(video: str, wav: str, sample_rate: int, has_audio: bool, duration: float) -> str | None:
+    """Extract one clip's audio track to `wav`; returns None, or the reason it failed (never raises:
+    one bad clip is reported, the run goes on)."""
+    if Path(wav).exists():
+        return None  # content-addressed: the same clip was extracted before
+    try:
+        extract_audio(video, wav, sample_rate, has_audio, duration)
+        return None
+    except Exception as exc:  # reported per clip, never fatal for the run
+        return f"audio extraction failed ({type(exc).__name__}: {exc})"

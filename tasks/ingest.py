@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .runtime import LazyPrefectTask, UserError
+from .runtime import UserError
 
 
 class AnnotationError(UserError):
@@ -143,6 +143,3 @@ def ingest(source: str | Path, annotations: str | Path) -> IngestResult:
         split = rec.get("split") if isinstance(rec.get("split"), str) else None
         result.records.append(Record(i, written.strip().replace("\\", "/"), video, caption, image, attrs, split))
     return result
-
-
-ingest_task = LazyPrefectTask(ingest, name="ingest", retries=2, retry_delay_seconds=[1, 4])

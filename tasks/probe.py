@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .runtime import LazyPrefectTask, persistent_cache
 
 
 @dataclass(frozen=True)
@@ -60,15 +59,3 @@ def probe_clip(path: str | Path, min_duration: float = 0.25) -> ProbeInfo:
         return ProbeInfo(str(path), False, f"too short ({duration:.2f} s < {min_duration} s)", duration, fps,
                          width, height, n, has_audio, channels, digest)
     return ProbeInfo(str(path), True, None, duration, fps, width, height, n, has_audio, channels, digest)
-
-
-def probe_key(parameters: dict) -> str:
-    from pathlib import Path
-
-    from .runtime import content_digest
-
-    return content_digest("probe", Path(parameters["path"]), parameters.get("min_duration", 0.25))
-
-
-probe_task = LazyPrefectTask(probe_clip, name="probe", retries=2, retry_delay_seconds=[1, 4],
-                             **persistent_cache(probe_key))

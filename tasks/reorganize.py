@@ -14,7 +14,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runtime import LazyPrefectTask
 
 
 @dataclass(frozen=True)
@@ -87,6 +86,3 @@ def reorganize(items: list[PairInput], data_dir: str | Path) -> list[Pair]:
             if stale not in produced:
                 stale.unlink()
     return pairs
-
-
-reorganize_task = LazyPrefectTask(reorganize, name="reorganize", retries=2, retry_delay_seconds=[1, 4])

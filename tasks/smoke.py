@@ -8,10 +8,20 @@ goes down. It proves the plumbing learns; it is not a quality measure.
 """
 from __future__ import annotations
 
-import argparse
+import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from model import (AudioVAE, ConditioningEncoder, DenoiserInputs, JointDenoisingTransformer, TextEmbedding, VideoVAE,
+                   base_denoiser_loss, from_params, noise_schedulers, upsampler_loss)
+
+from .params import Params
+from .runtime import pick_device, seed_everything
+from .training import make_optimizer
 
 CAPTIONS = [
     "A red circle glides from left to right while a high beep plays",
@@ -34,7 +44,7 @@ class SmokeResult:
 
 
 def run_smoke(
-    params: dict[str, Any],
+    params: Params,
     steps: int,
     batch_size: int,
     seed: int = 0,
@@ -42,21 +52,10 @@ def run_smoke(
     device: str | None = None,
     progress: bool = True,
 ) -> SmokeResult:
-    import torch
-    from tqdm import tqdm
-
-    from model import (
-        AudioVAE, ConditioningEncoder, JointDenoisingTransformer, TextEmbedding, VideoVAE,
-        base_denoiser_loss, from_params, noise_schedulers, upsampler_loss,
-    )
-
-    from .runtime import pick_device, seed_everything
-    from .train import make_optimizer
-
     start = time.perf_counter()
     seed_everything(seed)
     dev = pick_device(device)
-    cond_p = params["conditioning"]
+    cond_p = params.conditioning
     if use_text_encoder:
         encoder = ConditioningEncoder.from_params(cond_p)
         encoder.to(dev)
@@ -66,11 +65,11 @@ def run_smoke(
     else:
         context_dim = 384
         gen = torch.Generator().manual_seed(seed)
-        tokens = torch.randn(batch_size, int(cond_p["max_text_tokens"]), context_dim, generator=gen)
+        tokens = torch.randn(batch_size, cond_p.max_text_tokens, context_dim, generator=gen)
         mask = torch.ones(batch_size, tokens.shape[1], dtype=torch.bool)
         context = TextEmbedding(tokens.mean(1), tokens, mask).to(dev)
     cfg = from_params(params, context_dim=context_dim)
-    diff = params["diffusion"]
+    diff = params.diffusion
     scheduler, up_scheduler = noise_schedulers(diff)
 
     g = torch.Generator().manual_seed(seed + 1)
@@ -82,19 +81,19 @@ def run_smoke(
 
     video_vae, audio_vae = VideoVAE(cfg.video_vae).to(dev), AudioVAE(cfg.audio_vae).to(dev)
     base, upsampler = JointDenoisingTransformer(cfg.base).to(dev), JointDenoisingTransformer(cfg.upsampler).to(dev)
-    max_aug = int(diff["upsampler_max_noise_aug"])
-    dropout = float(diff["cond_dropout"])
+    max_aug, dropout = diff.upsampler_max_noise_aug, diff.cond_dropout
 
     def losses(eval_seed: int | None) -> dict[str, torch.Tensor]:
         gen = torch.Generator().manual_seed(eval_seed) if eval_seed is not None else None
         recon_v, dist_v = video_vae(video_base, gen)
         recon_a, target_a, dist_a = audio_vae(audio, gen)
-        b = base_denoiser_loss(base, scheduler, base_latent, audio_latent, context, dropout, gen)
+        b = base_denoiser_loss(base, scheduler, base_latent, audio_latent, DenoiserInputs(context), dropout, gen)
         return {
             "video_vae": torch.nn.functional.mse_loss(recon_v, video_base) + cfg.video_vae.kl_weight * dist_v.kl(),
             "audio_vae": torch.nn.functional.mse_loss(recon_a, target_a) + cfg.audio_vae.kl_weight * dist_a.kl(),
             "base": b.total,
-            "upsampler": upsampler_loss(upsampler, up_scheduler, up_latent, base_latent, context, max_aug, dropout, gen),
+            "upsampler": upsampler_loss(upsampler, up_scheduler, up_latent, base_latent, DenoiserInputs(context), max_aug,
+                                        dropout, gen),
         }
 
     def evaluate() -> dict[str, float]:
@@ -104,68 +103,34 @@ def run_smoke(
     result = SmokeResult(before=evaluate())
     modules = [video_vae, audio_vae, base, upsampler]
     params_all = [p for m in modules for p in m.parameters()]
-    optimizer = make_optimizer(params_all, float(params["train"]["lr"]), float(params["train"]["weight_decay"]))
+    optimizer = make_optimizer(params_all, params.train.lr, params.train.weight_decay)
     train_gen = torch.Generator().manual_seed(seed + 3)
     for _ in tqdm(range(steps), desc="smoke", disable=not progress, unit="step"):
         optimizer.zero_grad(set_to_none=True)
         loss = sum(v for v in losses(int(torch.randint(0, 2**31 - 1, (1,), generator=train_gen))).values())
         loss.backward()  # type: ignore[union-attr]
-        torch.nn.utils.clip_grad_norm_(params_all, float(params["train"]["grad_clip"]))
+        torch.nn.utils.clip_grad_norm_(params_all, params.train.grad_clip)
         optimizer.step()
     result.after = evaluate()
     result.seconds = time.perf_counter() - start
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from .cli import module_main
-
-    return module_main("smoke", argv)
-
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default=None, help="params file (default: the repository's params.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a parameter, e.g. --set denoiser.base.depth=2 (repeatable)")
-    parser.add_argument("--steps", type=int, default=None, help="optimisation steps (default: train.smoke_steps)")
-    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: train.smoke_batch_size)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default: params seed)")
-    parser.add_argument("--random-context", action="store_true",
-                        help="use random caption embeddings instead of the configured text encoder")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--out", default=None, help="write the losses as JSON here (DVC metrics)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from .params import load_params
-
-    params = load_params(args.params, args.overrides)
-    steps = args.steps if args.steps is not None else int(params["train"]["smoke_steps"])
-    batch = args.batch_size if args.batch_size is not None else int(params["train"]["smoke_batch_size"])
-    seed = args.seed if args.seed is not None else int(params["seed"])
-    result = run_smoke(params, steps, batch, seed, use_text_encoder=not args.random_context, device=args.device)
+def report_smoke(result: SmokeResult, steps: int, batch: int, out: str | None = None) -> int:
+    """Print the losses (and write them as JSON for DVC); exit code 1 when a loss did not go down."""
     print(f"{'model':<12}{'loss before':>14}{'loss after':>14}{'ratio':>9}")
     for name in result.before:
         before, after = result.before[name], result.after[name]
         print(f"{name:<12}{before:>14.5f}{after:>14.5f}{after / before:>9.3f}")
     print(f"{steps} steps at batch {batch} in {result.seconds:.1f} s")
     failed = [k for k, ok in result.improved().items() if not ok]
-    if args.out:
-        import json
-        from pathlib import Path
-
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         report = {"steps": steps, "batch_size": batch, "seconds": round(result.seconds, 2), "passed": not failed,
                   "loss_before": result.before, "loss_after": result.after}
-        out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        Path(out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if failed:
         print(f"smoke run FAILED: loss did not go down for {', '.join(failed)}")
         return 1
     print("smoke run passed: every model's loss went down")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

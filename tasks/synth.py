@@ -5,23 +5,25 @@ Attributes: color x shape x direction x pitch (4 x 3 x 4 x 3 = 144 combinations)
 combinations is held out (`split: holdout`) to measure compositional generalisation: every single
 attribute value is still seen in training, only the combination is new.
 
-    tinyveo synth --out data/raw --num-clips 600 --seed 0
+    tinyveo synth --out data/raw --set data.synth_num_clips=600
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
 import tempfile
-
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from tqdm import tqdm
 
-from .runtime import LazyPrefectTask, persistent_cache, process_pool
+from .runtime import process_pool
+
+if TYPE_CHECKING:  # writer processes import this module: no torch in them
+    from .params import DataParams
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
@@ -190,15 +192,12 @@ def write_clip(spec: ClipSpec, out_dir: str, size: int, fps: int, duration_s: fl
     return record
 
 
-def synth(out_dir: str | Path, num_clips: int, seed: int, size: int = 128, fps: int = 24, duration_s: float = 2.5,
-          sample_rate: int = 44100, i2v_fraction: float = 0.25, workers: int = 2, progress: bool = True) -> Path:
-    """Write `num_clips` clips and `annotations.json` under out_dir; returns the annotations path."""
-    from tqdm import tqdm
-
+def synth(out_dir: str | Path, data: DataParams, workers: int = 2, progress: bool = True) -> Path:
+    """Write `data.synth_num_clips` clips and `annotations.json` under out_dir; returns the annotations path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    specs = plan(num_clips, seed, i2v_fraction)
-    args = [(s, str(out), size, fps, duration_s, sample_rate) for s in specs]
+    specs = plan(data.synth_num_clips, data.synth_seed, data.synth_i2v_fraction)
+    args = [(s, str(out), data.synth_size, data.synth_fps, data.synth_duration_s, data.synth_sample_rate) for s in specs]
     if workers > 1:
         with process_pool(workers) as pool:
             futures = [pool.submit(write_clip, *a) for a in args]
@@ -210,46 +209,3 @@ def synth(out_dir: str | Path, num_clips: int, seed: int, size: int = 128, fps: 
     tmp.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, annotations)
     return annotations
-
-
-def synth_key(parameters: dict) -> str:
-    from .runtime import content_digest
-
-    return content_digest("synth", {k: v for k, v in parameters.items() if k not in ("workers", "progress")})
-
-
-synth_task = LazyPrefectTask(synth, name="synth", retries=1, retry_delay_seconds=[2], **persistent_cache(synth_key))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="folder for clips/, images/ and annotations.json")
-    parser.add_argument("--num-clips", type=int, default=None, help="how many clips (default: data.synth_num_clips)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default: data.synth_seed)")
-    parser.add_argument("--workers", type=int, default=2, help="parallel writer processes (default: 2)")
-    parser.add_argument("--params", default=None, help="params file (default: the repository's params.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a parameter (repeatable)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from .params import load_params
-
-    p = load_params(args.params, args.overrides)["data"]
-    n = args.num_clips if args.num_clips is not None else int(p["synth_num_clips"])
-    seed = args.seed if args.seed is not None else int(p["synth_seed"])
-    path = synth(args.out, n, seed, int(p["synth_size"]), int(p["synth_fps"]), float(p["synth_duration_s"]),
-                 int(p["synth_sample_rate"]), float(p["synth_i2v_fraction"]), workers=args.workers)
-    records = json.loads(path.read_text(encoding="utf-8"))
-    holdout = sum(r["split"] == "holdout" for r in records)
-    print(f"wrote {len(records)} clips ({holdout} holdout, {sum('image_path' in r for r in records)} with images) -> {path}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from .cli import module_main
-
-    return module_main("synth", argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -53,3 +53,27 @@ class Tracker:
             return None
         run = self._mlflow.active_run()
         return run.info.run_id if run else None
+
+
+def loss_curve_png(losses: list[dict[str, float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3))
+    for key in [k for k in losses[0] if k != "step"]:
+        ax.plot([r["step"] for r in losses], [r[key] for r in losses], label=key, linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_loss_tsv(losses: list[dict[str, float]], path: Path) -> None:
+    keys = list(losses[0]) if losses else ["step"]
+    lines = ["\t".join(keys)] + ["\t".join(str(r[k]) for k in keys) for r in losses]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -44,25 +44,47 @@ TRAIN_OVERRIDES = TINY_OVERRIDES + [
 ]
 
 
+def train(data, out, params, *, stages=("vae", "denoiser"), resume: bool = False, stop_after: int | None = None):
+    """The three training steps as `tinyveo train` runs them: {stage: its summary}."""
+    from tasks.encode_latents import encode_latents
+    from tasks.train_denoiser import train_denoiser
+    from tasks.train_vae import train_vae
+
+    out_summary = {}
+    if "vae" in stages:
+        out_summary["vae"] = train_vae(data, out, params, resume=resume, stop_after=stop_after, progress=False)
+        if stop_after is not None and out_summary["vae"]["steps"] < params.train.vae_steps:
+            return out_summary
+    if "denoiser" in stages:
+        encode_latents(data, out, params)
+        out_summary["denoiser"] = train_denoiser(data, out, params, resume=resume, stop_after=stop_after,
+                                                 progress=False)
+    return out_summary
+
+
+def synth_clips(folder, num_clips: int, seed: int, **extra):
+    from tasks.params import DataParams
+    from tasks.synth import synth
+
+    return synth(folder, DataParams(synth_num_clips=num_clips, synth_seed=seed, **extra), workers=2, progress=False)
+
+
 @pytest.fixture(scope="session")
 def prepared_data(tmp_path_factory):
     """A prepared data folder (pairs + tensor cache) over 24 built-in clips, some held out and some i2v."""
     from tasks.prepare import prepare
-    from tasks.synth import synth
 
     root = tmp_path_factory.mktemp("prepared")
-    ann = synth(root / "raw", num_clips=24, seed=1, workers=2, progress=False)
-    prepare(root / "raw", ann, root / "data", load_params(), workers=2, progress=False)
+    ann = synth_clips(root / "raw", 24, 1)
+    prepare(root / "raw", ann, root / "data", load_params().cache, workers=2, progress=False)
     return root / "data"
 
 
 @pytest.fixture(scope="session")
 def trained_checkpoint(prepared_data, tmp_path_factory):
     """A checkpoint folder from a tiny training run over `prepared_data` (no MLflow)."""
-    from tasks.train import train
-
     out = tmp_path_factory.mktemp("trained") / "ckpt"
-    train(prepared_data, out, load_params(overrides=TRAIN_OVERRIDES), progress=False)
+    train(prepared_data, out, load_params(overrides=TRAIN_OVERRIDES))
     return out
 
 

@@ -98,8 +98,10 @@ def test_token_layer_keeps_word_order_the_last_layer_merges(minilm):
 def test_token_layer_out_of_range_is_named(tiny_clip_dir):
     with pytest.raises(ValueError, match="token_layer=7"):
         ConditioningEncoder("minilm", None, token_layer=7)
-    enc = ConditioningEncoder.from_params({"backend": "clip", "clip_path": str(tiny_clip_dir), "max_text_tokens": 16,
-                                           "token_layer": 0})
+    from tasks.params import ConditioningParams
+
+    enc = ConditioningEncoder.from_params(ConditioningParams(backend="clip", clip_path=str(tiny_clip_dir),
+                                                             max_text_tokens=16, token_layer=0))
     assert enc.get_text_embeds([PROMPT]).tokens.shape == (1, 16, 32)
 
 

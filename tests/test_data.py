@@ -18,7 +18,8 @@ from tasks.detect import detect_clip
 from tasks.ingest import AnnotationError, ingest, read_annotations
 from tasks.media import decode_video, read_wav
 from tasks.prepare import prepare
-from tasks.synth import synth
+
+from conftest import synth_clips
 
 
 def ffmpeg(*args: str) -> None:
@@ -42,14 +43,14 @@ def lavfi_clip(path: Path, duration: float = 2.5, audio: str | None = "sine=freq
 @pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
-    synth(out, num_clips=48, seed=3, workers=2, progress=False)
+    synth_clips(out, 48, 3)
     return out
 
 
 def test_synth_is_deterministic(tmp_path):
-    a = synth(tmp_path / "a", num_clips=3, seed=7, workers=1, progress=False)
-    b = synth(tmp_path / "b", num_clips=3, seed=7, workers=1, progress=False)
-    c = synth(tmp_path / "c", num_clips=3, seed=8, workers=1, progress=False)
+    a = synth_clips(tmp_path / "a", 3, 7)
+    b = synth_clips(tmp_path / "b", 3, 7)
+    c = synth_clips(tmp_path / "c", 3, 8)
     assert a.read_bytes() == b.read_bytes()
     assert a.read_bytes() != c.read_bytes()
     for rec in json.loads(a.read_text()):
@@ -187,7 +188,7 @@ def prepared(messy, tmp_path_factory):
 
     src, ann = messy
     out = tmp_path_factory.mktemp("prepared")
-    report = prepare(src, ann, out, load_params(), workers=2, progress=False)
+    report = prepare(src, ann, out, load_params().cache, workers=2, progress=False)
     return out, report
 
 
@@ -238,7 +239,7 @@ def test_audio_is_16k_mono_and_surround_is_downmixed(prepared):
 def test_dataset_reads_the_cache_with_worker_processes(prepared):
     from torch.utils.data import DataLoader
 
-    from tasks.dataset import MultiModalDataset
+    from tasks.cache import MultiModalDataset
 
     out, report = prepared
     ds = MultiModalDataset(out / "cache")
@@ -261,18 +262,18 @@ def test_rerun_does_no_work_and_a_changed_clip_redoes_only_itself(messy, prepare
     out, _ = prepared
     manifest = out / "cache" / "manifest.parquet"
     before = (manifest.stat().st_mtime_ns, sorted(p.name for p in (out / "cache").glob("shard-*")))
-    again = prepare(src, ann, out, load_params(), workers=1, progress=False)
+    again = prepare(src, ann, out, load_params().cache, workers=1, progress=False)
     assert again.cache_computed == 0 and again.cache_reused == 11
     assert (manifest.stat().st_mtime_ns, sorted(p.name for p in (out / "cache").glob("shard-*"))) == before
     lavfi_clip(src / "short.mp4", duration=1.5, audio="sine=frequency=880")  # the input changes
-    changed = prepare(src, ann, out, load_params(), workers=1, progress=False)
+    changed = prepare(src, ann, out, load_params().cache, workers=1, progress=False)
     assert changed.cache_computed == 1 and changed.cache_reused == 10
 
 
 def test_crash_mid_cache_leaves_no_partial_shard_in_the_manifest(tmp_path, prepared, monkeypatch):
     import pandas as pd
-    import safetensors.torch
 
+    import tasks.cache as cache_module
     from tasks.cache import CacheItem, MANIFEST
 
     out, _ = prepared
@@ -289,7 +290,7 @@ def test_crash_mid_cache_leaves_no_partial_shard_in_the_manifest(tmp_path, prepa
         Path(filename).write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    monkeypatch.setattr(cache_module, "save_file", crash)
     with pytest.raises(OSError, match="disk full"):
         write_cache(items + [CacheItem(**fields)], cache, CacheSettings(), workers=1, progress=False)
     after = pd.read_parquet(cache / MANIFEST)
@@ -302,7 +303,7 @@ def test_video_and_audio_windows_agree(tmp_path):
     """A white flash and a click both at t = 1.0 s land on the same instant in the cache."""
     from moviepy import AudioArrayClip, VideoClip
 
-    from tasks.cache import frame_times, preprocess_audio, preprocess_video
+    from tasks.preprocess import frame_times, preprocess_audio, preprocess_video
     from tasks.extract_audio import extract_audio
 
     fps, rate, dur = 24, 44100, 2.5

@@ -51,7 +51,7 @@ def project(tmp_path_factory):
     (root / "dvc.lock").unlink(missing_ok=True)
     env = dict(os.environ, DVC_NO_ANALYTICS="1", MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
-    env.pop("PYTHONPATH", None)
+    env["PYTHONPATH"] = str(root)  # `tinyveo` runs this copy's code, as it would in its own clone
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "tiny"]):
         sh(cmd, root, env)
     first = sh(["dvc", "repro"], root, env, timeout=900)
@@ -60,7 +60,7 @@ def project(tmp_path_factory):
 
 def test_dvc_repro_runs_every_stage_then_only_what_changed(project):
     root, env, first = project
-    for stage in ("synth", "prepare", "train_vae", "train_denoiser", "generate", "evaluate", "smoke"):
+    for stage in ("synth", "prepare", "train_vae", "encode_latents", "train_denoiser", "generate", "evaluate", "smoke"):
         assert f"Running stage '{stage}'" in first, stage
     metrics = json.loads((root / "outputs" / "eval" / "metrics.json").read_text())
     assert metrics["attribute_accuracy"]["count"] >= 1
@@ -74,9 +74,16 @@ def test_dvc_repro_runs_every_stage_then_only_what_changed(project):
     params["train"]["denoiser_steps"] = 10
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = sh(["dvc", "repro"], root, env)
-    ran = {s for s in ("synth", "prepare", "train_vae", "train_denoiser", "generate", "evaluate", "smoke")
-           if f"Running stage '{s}'" in changed}
+    ran = {s for s in ("synth", "prepare", "train_vae", "encode_latents", "train_denoiser", "generate", "evaluate",
+                       "smoke") if f"Running stage '{s}'" in changed}
     assert ran == {"train_denoiser", "generate", "evaluate"}, changed
+    status = sh(["dvc", "status"], root, env)
+    assert "up to date" in status or "Data and pipelines are up to date" in status, status
+    precision = root / "model" / "precision.py"
+    precision.write_text(precision.read_text() + "\n# edited\n")
+    status = sh(["dvc", "status"], root, env)
+    assert "train_vae:" in status and "synth:" not in status, status
+    precision.write_text(precision.read_text().removesuffix("\n# edited\n"))
     shown = sh(["dvc", "metrics", "show"], root, env)
     assert "attribute_accuracy.color.accuracy" in shown and "outputs/eval/metrics.json" in shown
     sh(["git", "add", "-A"], root, env)

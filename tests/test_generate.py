@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from tasks.cli import main as cli_main
-from tasks.generate import PromptSpec, generate, load_pipeline, read_prompts
+from tasks.checkpoint import load_pipeline
+from tasks.generate import generate
+from tasks.samples import PromptSpec, read_prompts
 from tasks.params import load_params
 from tasks.runtime import UserError
 
@@ -94,7 +96,7 @@ def test_generate_writes_mp4_with_aac_wav_png_and_is_reproducible(trained_checkp
     assert Path(rec["png"]).stat().st_size > 1000
     lines = (tmp_path / "a" / "samples.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["prompt"] == PROMPTS[0]
-    assert json.loads(lines[0])["guidance_interval"] == params["sample"]["guidance_interval"]
+    assert json.loads(lines[0])["guidance_interval"] == list(params.sample.guidance_interval)
 
 
 def test_prompt_files_text_and_jsonl(tmp_path):

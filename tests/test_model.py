@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from model import (
-    AudioVAE, FinalLayer, JointDenoisingTransformer, TextEmbedding, TimestepEmbedding, TransformerBlock, VideoVAE,
+    AudioVAE, DenoiserInputs, FinalLayer, JointDenoisingTransformer, TextEmbedding, TimestepEmbedding, TransformerBlock, VideoVAE,
     base_denoiser_loss, from_params, make_noise_scheduler, sample_latents, upsampler_loss,
 )
 from model.denoiser import PatchTransformer
@@ -24,7 +24,7 @@ def base_inputs(cfg, batch: int = 1, seed: int = 0):
     video = torch.randn(batch, *cfg.base.video_latent_shape, generator=g)
     audio = torch.randn(batch, *cfg.base.audio_latent_shape, generator=g)
     t = torch.randint(0, 1000, (batch,), generator=g)
-    return video, audio, t, random_context(batch, cfg.base.max_text_tokens, seed=seed, valid=5)
+    return video, audio, t, DenoiserInputs(random_context(batch, cfg.base.max_text_tokens, seed=seed, valid=5))
 
 
 def test_article_latent_shapes(article_params):
@@ -120,7 +120,7 @@ def test_denoisers_output_input_shapes(fixture, request):
 
     up = JointDenoisingTransformer(cfg.upsampler).eval()
     hr = torch.randn(2, *cfg.upsampler.video_latent_shape)
-    pred_up, none = up(hr, None, t, ctx, low_res_video=video, low_res_noise_level=torch.tensor([0, 100]))
+    pred_up, none = up(hr, None, t, ctx.replace(low_res_video=video, low_res_noise_level=torch.tensor([0, 100])))
     assert pred_up.shape == hr.shape and none is None
 
 
@@ -166,13 +166,13 @@ def test_gradients_reach_every_trainable_parameter(tiny_params):
     has_image = torch.tensor([True] * 6 + [False] * 2)
     image_features = torch.randn(b, 16, generator=g)
     ctx = random_context(b, cfg.base.max_text_tokens, valid=5)
+    inputs = DenoiserInputs(ctx, image_latent=image_latent, has_image=has_image, image_features=image_features)
     # adaLN-Zero starts every gate at 0, which blocks gradients to the blocks' inner weights;
     # a small perturbation stands in for "after a few optimiser steps".
     base = _perturbed(JointDenoisingTransformer(cfg.base))
     loss = base_denoiser_loss(
         base, scheduler, torch.randn(b, *cfg.base.video_latent_shape, generator=g),
-        torch.randn(b, *cfg.base.audio_latent_shape, generator=g), ctx, cond_dropout=0.5, generator=g,
-        image_latent=image_latent, has_image=has_image, image_features=image_features,
+        torch.randn(b, *cfg.base.audio_latent_shape, generator=g), inputs, cond_dropout=0.5, generator=g,
     )
     loss.total.backward()
     missing = [n for n, p in base.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
@@ -182,8 +182,8 @@ def test_gradients_reach_every_trainable_parameter(tiny_params):
     up_image = torch.randn(b, *cfg.upsampler.image_latent_shape, generator=g)
     up_loss = upsampler_loss(
         up, scheduler, torch.randn(b, *cfg.upsampler.video_latent_shape, generator=g),
-        torch.randn(b, *cfg.base.video_latent_shape, generator=g), ctx, max_noise_aug=250, cond_dropout=0.5,
-        generator=g, image_latent=up_image, has_image=has_image, image_features=image_features,
+        torch.randn(b, *cfg.base.video_latent_shape, generator=g), inputs.replace(image_latent=up_image),
+        max_noise_aug=250, cond_dropout=0.5, generator=g,
     )
     up_loss.backward()
     missing = [n for n, p in up.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
@@ -199,7 +199,7 @@ def test_frozen_vaes_stay_bit_identical_through_a_denoiser_step(tiny_params):
     video = torch.rand(2, 3, 16, 32, 32)
     latent = vae.encode(video)
     loss = base_denoiser_loss(base, make_noise_scheduler(), latent, torch.randn(2, *cfg.base.audio_latent_shape),
-                              random_context(2, cfg.base.max_text_tokens))
+                              DenoiserInputs(random_context(2, cfg.base.max_text_tokens)))
     loss.total.backward()
     opt.step()
     assert all(p.grad is None for p in vae.parameters())
@@ -212,8 +212,8 @@ def test_image_tokens_are_masked_for_items_without_an_image(tiny_params):
     video, audio, t, ctx = base_inputs(cfg)
     image = torch.randn(1, *cfg.base.image_latent_shape)
     no_image = model(video, audio, t, ctx)[0]
-    masked = model(video, audio, t, ctx, image_latent=image, has_image=torch.tensor([False]))[0]
-    used = model(video, audio, t, ctx, image_latent=image, has_image=torch.tensor([True]))[0]
+    masked = model(video, audio, t, ctx.replace(image_latent=image, has_image=torch.tensor([False])))[0]
+    used = model(video, audio, t, ctx.replace(image_latent=image, has_image=torch.tensor([True])))[0]
     assert torch.allclose(no_image, masked, atol=1e-6)
     assert not torch.allclose(no_image, used, atol=1e-4)
 
@@ -228,11 +228,12 @@ def test_positions_masked_in_every_row_are_left_out_with_the_same_result(tiny_pa
     # A third row with a full caption and an input image uses every position, so nothing is left out.
     g = torch.Generator().manual_seed(1)
     extra = random_context(1, cfg.base.max_text_tokens, seed=1)
-    both = TextEmbedding(torch.cat([ctx.pooled, extra.pooled]), torch.cat([ctx.tokens, extra.tokens]),
-                         torch.cat([ctx.mask, extra.mask]))
+    c = ctx.caption
+    both = TextEmbedding(torch.cat([c.pooled, extra.pooled]), torch.cat([c.tokens, extra.tokens]),
+                         torch.cat([c.mask, extra.mask]))
     image = torch.randn(3, *cfg.base.image_latent_shape, generator=g)
-    full_v, full_a = model(torch.cat([video, video[:1]]), torch.cat([audio, audio[:1]]), torch.cat([t, t[:1]]), both,
-                           image_latent=image, has_image=torch.tensor([False, False, True]))
+    full_v, full_a = model(torch.cat([video, video[:1]]), torch.cat([audio, audio[:1]]), torch.cat([t, t[:1]]),
+                           DenoiserInputs(both, image_latent=image, has_image=torch.tensor([False, False, True])))
     hook.remove()
     n_text, n_image = cfg.base.max_text_tokens, cfg.base.image_grid[0] * cfg.base.image_grid[1]
     assert seen == [model.patch_transformer.pos_embed.shape[1] - (n_text - 5) - n_image, model.patch_transformer.pos_embed.shape[1]]
@@ -244,11 +245,11 @@ def test_classifier_free_guidance(tiny_params):
     model = _perturbed(JointDenoisingTransformer(cfg.base)).eval()
     video, audio, t, ctx = base_inputs(cfg, batch=2)
     cond_v, cond_a = model(video, audio, t, ctx)
-    null_v, null_a = model(video, audio, t, ctx, drop_condition=torch.ones(2, dtype=torch.bool))
+    null_v, null_a = model(video, audio, t, ctx.replace(drop=torch.ones(2, dtype=torch.bool)))
     assert not torch.allclose(cond_v, null_v, atol=1e-4)
-    g1_v, g1_a = model.forward_with_cfg(video, audio, t, ctx, guidance=1.0)
-    assert torch.equal(g1_v, cond_v) and torch.equal(g1_a, cond_a)
-    g4_v, g4_a = model.forward_with_cfg(video, audio, t, ctx, guidance=4.0)
+    g1_v, g1_a = model.forward_with_cfg(video, audio, t, ctx.with_null_rows(), guidance=1.0)
+    assert torch.allclose(g1_v, cond_v, atol=1e-5) and torch.allclose(g1_a, cond_a, atol=1e-5)
+    g4_v, g4_a = model.forward_with_cfg(video, audio, t, ctx.with_null_rows(), guidance=4.0)
     assert torch.allclose(g4_v, null_v + 4.0 * (cond_v - null_v), atol=1e-5)
     assert torch.allclose(g4_a, null_a + 4.0 * (cond_a - null_a), atol=1e-5)
 
@@ -257,15 +258,20 @@ def test_guidance_interval_guides_only_inside_it(tiny_params):
     cfg = from_params(tiny_params)
     scheduler = make_noise_scheduler()
     base = _perturbed(JointDenoisingTransformer(cfg.base)).eval()
-    ctx = random_context(2, cfg.base.max_text_tokens, valid=4)
+    ctx = DenoiserInputs(random_context(2, cfg.base.max_text_tokens, valid=4))
     calls: list[tuple[int, float]] = []
-    forward_with_cfg = base.forward_with_cfg
+    forward, forward_with_cfg = base.forward, base.forward_with_cfg
 
-    def spy(video, audio, t, context, guidance, **kwargs):
+    def spy_cfg(video, audio, t, inputs, guidance):
         calls.append((int(t[0]), guidance))
-        return forward_with_cfg(video, audio, t, context, guidance, **kwargs)
+        return forward_with_cfg(video, audio, t, inputs, guidance)
 
-    base.forward_with_cfg = spy  # type: ignore[method-assign]
+    def spy(video, audio, t, inputs):
+        if inputs.drop is None:  # the plain conditional forward, not the one inside forward_with_cfg
+            calls.append((int(t[0]), 1.0))
+        return forward(video, audio, t, inputs)
+
+    base.forward_with_cfg, base.forward = spy_cfg, spy  # type: ignore[method-assign]
 
     def run(**kw):
         calls.clear()
@@ -290,7 +296,7 @@ def test_sampler_refines_the_caption_once_per_kind(tiny_params):
     cfg = from_params(tiny_params)
     scheduler = make_noise_scheduler()
     base = _perturbed(JointDenoisingTransformer(cfg.base)).eval()
-    ctx = random_context(2, cfg.base.max_text_tokens, valid=4)
+    ctx = DenoiserInputs(random_context(2, cfg.base.max_text_tokens, valid=4))
     refiner_calls = []
     base.input_proj.text_refiner.register_forward_hook(lambda *_: refiner_calls.append(1))
 
@@ -302,8 +308,7 @@ def test_sampler_refines_the_caption_once_per_kind(tiny_params):
 
     v, a, calls = run()
     assert calls == 2  # guided (cond + null rows) and conditional-only, each once over 4 steps
-    forward_with_cfg = base.forward_with_cfg
-    base.forward_with_cfg = lambda *args, caption_cache=None, **kw: forward_with_cfg(*args, **kw)  # type: ignore[method-assign]
+    base.with_caption_state = lambda inputs: inputs  # type: ignore[method-assign]  (refined at every step)
     v_uncached, a_uncached, calls = run()
     assert calls == 4  # once per step without the cache
     assert torch.equal(v, v_uncached) and torch.equal(a, a_uncached)
@@ -315,12 +320,13 @@ def test_sampler_shapes_and_seed_determinism(tiny_params, sampler):
     scheduler = make_noise_scheduler()
     base = _perturbed(JointDenoisingTransformer(cfg.base)).eval()
     up = _perturbed(JointDenoisingTransformer(cfg.upsampler)).eval()
-    ctx = random_context(2, cfg.base.max_text_tokens, valid=4)
+    ctx = DenoiserInputs(random_context(2, cfg.base.max_text_tokens, valid=4))
 
     def run(seed: int):
         g = torch.Generator().manual_seed(seed)
         v, a = sample_latents(base, scheduler, ctx, sampler=sampler, steps=4, guidance=3.0, generator=g)
-        hr, _ = sample_latents(up, scheduler, ctx, sampler=sampler, steps=4, guidance=3.0, generator=g, low_res_video=v)
+        hr, _ = sample_latents(up, scheduler, ctx.replace(low_res_video=v), sampler=sampler, steps=4, guidance=3.0,
+                               generator=g)
         return v, a, hr
 
     v, a, hr = run(0)
@@ -338,7 +344,7 @@ def test_upsampler_requires_its_low_res_input(tiny_params):
     up = JointDenoisingTransformer(cfg.upsampler)
     hr = torch.randn(1, *cfg.upsampler.video_latent_shape)
     with pytest.raises(ValueError, match="low_res_video"):
-        up(hr, None, torch.tensor([5]), random_context(1, cfg.base.max_text_tokens))
+        up(hr, None, torch.tensor([5]), DenoiserInputs(random_context(1, cfg.base.max_text_tokens)))
 
 
 def test_caption_word_order_reaches_the_condition(tiny_params):
@@ -380,12 +386,12 @@ def test_text_statistics_standardise_and_travel_with_the_weights(tiny_params):
 def test_each_model_has_its_own_prediction_target():
     from model import noise_schedulers
     from model.diffusion import diffusion_target
+    from tasks.params import DiffusionParams
 
-    d = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction",
-         "upsampler_prediction_type": None}
+    d = DiffusionParams(prediction_type="v_prediction", upsampler_prediction_type=None)
     base, up = noise_schedulers(d)
     assert base.config.prediction_type == up.config.prediction_type == "v_prediction"
-    base, up = noise_schedulers({**d, "upsampler_prediction_type": "sample"})
+    base, up = noise_schedulers(DiffusionParams(prediction_type="v_prediction", upsampler_prediction_type="sample"))
     assert (base.config.prediction_type, up.config.prediction_type) == ("v_prediction", "sample")
     x0, noise, t = torch.randn(2, 4), torch.randn(2, 4), torch.tensor([10, 900])
     assert torch.equal(diffusion_target(up, x0, noise, t), x0)
@@ -417,21 +423,16 @@ def test_predicted_x0_inverts_every_target(kind):
 
 
 def test_self_conditioning_reads_the_previous_estimate(tiny_params):
-    from copy import deepcopy
-
-    params = deepcopy(tiny_params)
-    params["denoiser"]["base"]["self_condition"] = True
-    params["denoiser"]["upsampler"]["self_condition"] = True  # base only: the upsampler ignores it
+    params = tiny_params.replace("denoiser.base.self_condition", True)
+    params = params.replace("denoiser.upsampler.self_condition", True)  # base only: the upsampler ignores it
     cfg = from_params(params)
     assert cfg.base.self_condition and not cfg.upsampler.self_condition
     model = _perturbed(JointDenoisingTransformer(cfg.base)).eval()
     video, audio, t, ctx = base_inputs(cfg, batch=2)
     plain_v, plain_a = model(video, audio, t, ctx)
-    zero_v, zero_a = model(video, audio, t, ctx, self_cond_video=torch.zeros_like(video),
-                           self_cond_audio=torch.zeros_like(audio))
+    zero_v, zero_a = model(video, audio, t, ctx.with_self_condition(torch.zeros_like(video), torch.zeros_like(audio)))
     assert torch.equal(plain_v, zero_v) and torch.equal(plain_a, zero_a)  # no estimate yet = zeros
-    prev_v, prev_a = model(video, audio, t, ctx, self_cond_video=torch.randn_like(video),
-                           self_cond_audio=torch.randn_like(audio))
+    prev_v, prev_a = model(video, audio, t, ctx.with_self_condition(torch.randn_like(video), torch.randn_like(audio)))
     assert not torch.allclose(plain_v, prev_v, atol=1e-4) and not torch.allclose(plain_a, prev_a, atol=1e-4)
 
     scheduler = make_noise_scheduler(prediction_type="sample")
@@ -450,3 +451,30 @@ def test_self_conditioning_reads_the_previous_estimate(tiny_params):
             for _ in range(2)]
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     assert torch.isfinite(runs[0][0]).all()
+
+
+def test_token_layout_is_the_one_place_the_order_lives(tiny_params):
+    from model import TokenLayout
+
+    cfg = from_params(tiny_params)
+    base, up = TokenLayout.from_config(cfg.base), TokenLayout.from_config(cfg.upsampler)
+    assert base.names == ["text", "image", "video", "audio"] and up.names == ["text", "image", "video"]
+    assert len(base) == PatchTransformer(cfg.base).pos_embed.shape[1]
+    assert base.slice("video").stop == base.slice("audio").start == len(base) - cfg.base.audio_tokens
+    with pytest.raises(KeyError, match="audio"):
+        up.slice("audio")
+
+
+def test_denoiser_inputs_null_rows_and_select(tiny_params):
+    cfg = from_params(tiny_params)
+    image = torch.randn(3, *cfg.base.image_latent_shape)
+    inputs = DenoiserInputs(random_context(3, cfg.base.max_text_tokens), image_latent=image,
+                            has_image=torch.tensor([True, False, True]))
+    doubled = inputs.with_null_rows()
+    assert doubled.batch_size == 6 and doubled.drop.tolist() == [False] * 3 + [True] * 3
+    assert torch.equal(doubled.image_latent, torch.cat([image, image])) and doubled.caption_state is None
+    picked = inputs.select(torch.tensor([2, 0]))
+    assert picked.batch_size == 2 and torch.equal(picked.image_latent, image[[2, 0]])
+    assert picked.has_image.tolist() == [True, True]
+    previous = torch.randn(3, *cfg.base.video_latent_shape)
+    assert torch.equal(doubled.with_self_condition(previous, None).self_cond_video, torch.cat([previous, previous]))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from model import AudioVAE, JointDenoisingTransformer, VideoVAE, base_denoiser_loss, from_params, make_noise_scheduler
 from model.denoiser import masked_attention
 from model.precision import autocast, autocast_dtype, cpu_has_native_bf16
-from tasks.generate import sample_settings
+from tasks.samples import sample_settings
 from tasks.params import load_params
 from tasks.runtime import UserError
 
@@ -84,16 +84,13 @@ def test_bf16_training_step_is_deterministic_and_targets_stay_fp32(tiny_params):
 
 
 def test_precision_settings_are_checked_by_name(tmp_path, prepared_data):
-    from tasks.train import train
+    from conftest import TRAIN_OVERRIDES, train
 
-    from conftest import TRAIN_OVERRIDES
-
-    assert sample_settings(load_params(overrides=["sample.precision=fp32"]))["precision"] == "fp32"
+    assert sample_settings(load_params(overrides=["sample.precision=fp32"]).sample)["precision"] == "fp32"
     with pytest.raises(UserError, match="sample.precision"):
-        sample_settings(load_params(overrides=["sample.precision=fp16"]))
+        sample_settings(load_params(overrides=["sample.precision=fp16"]).sample)
     with pytest.raises(UserError, match="train.precision"):
-        train(prepared_data, tmp_path / "bad", load_params(overrides=TRAIN_OVERRIDES + ["train.precision=fp16"]),
-              progress=False)
+        train(prepared_data, tmp_path / "bad", load_params(overrides=TRAIN_OVERRIDES + ["train.precision=fp16"]))
     summary = train(prepared_data, tmp_path / "fp32", load_params(overrides=TRAIN_OVERRIDES + ["train.precision=fp32",
-                    "train.vae_steps=2", "train.denoiser_steps=2"]), progress=False)
-    assert summary["stages"]["vae"]["precision"] == summary["stages"]["denoiser"]["precision"] == "fp32"
+                    "train.vae_steps=2", "train.denoiser_steps=2"]))
+    assert summary["vae"]["precision"] == summary["denoiser"]["precision"] == "fp32"

@@ -48,7 +48,8 @@ def test_help_lists_only_existing_subcommands_and_imports_no_heavy_module():
     assert "HEAVY []" in proc.stdout  # --help stays fast because nothing heavy is imported
     from flows.cli import COMMANDS
 
-    for name in ("synth", "prepare", "train", "generate", "evaluate", "smoke", "pipeline", "serve"):
+    for name in ("synth", "prepare", "train-vae", "encode-latents", "train-denoiser", "train", "generate", "evaluate",
+                 "smoke", "pipeline", "serve"):
         assert name in COMMANDS and f"    {name}" in proc.stdout
 
 
@@ -70,13 +71,28 @@ def test_params_file_errors_name_the_file(tmp_path):
 
 
 def test_params_groups_and_flatten():
+    import yaml
+
+    from tasks.params import DEFAULT_PARAMS, Params
+
     params = load_params()
-    for group in ("data", "cache", "vae", "denoiser", "diffusion", "train", "sample", "eval", "conditioning"):
-        assert group in params
-    flat = flatten(params)
-    assert flat["denoiser.base.dim"] == params["denoiser"]["base"]["dim"]
+    raw = yaml.safe_load(DEFAULT_PARAMS.read_text())
+    assert set(params.to_dict()) == set(raw) and params.to_dict() == Params.from_dict(raw).to_dict()
+    flat = flatten(params.to_dict())
+    assert flat["denoiser.base.dim"] == params.denoiser.base.dim
     overridden = load_params(overrides=["train.lr=0.5", "denoiser.base.video_patch=[4,2,2]"])
-    assert overridden["train"]["lr"] == 0.5 and overridden["denoiser"]["base"]["video_patch"] == [4, 2, 2]
+    assert overridden.train.lr == 0.5 and overridden.denoiser.base.video_patch == (4, 2, 2)
+
+
+def test_params_are_typed_and_the_defaults_are_the_shipped_model():
+    from tasks.params import Params
+
+    assert load_params() == Params()  # params.yaml and the dataclass defaults describe the same model
+    for bad, message in [("denoiser.base.dim=1.5", "denoiser.base.dim: expected int"),
+                         ("train.mlflow=3", "train.mlflow: expected bool"),
+                         ("sample.guidance_interval=[1]", "expected a list of 2")]:
+        with pytest.raises(ParamsError, match=message):
+            load_params(overrides=[bad])
 
 
 def _imports(path: Path) -> set[str]:

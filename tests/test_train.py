@@ -16,9 +16,9 @@ import torch
 
 from tasks.checkpoint import latest_checkpoint, load_state, load_weights
 from tasks.params import load_params
-from tasks.train import NonFiniteLossError, train
+from tasks.training import NonFiniteLossError
 
-from conftest import TRAIN_OVERRIDES
+from conftest import TRAIN_OVERRIDES, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,8 +40,8 @@ def first_last(losses: list[dict], key: str, k: int = 2) -> tuple[float, float]:
 
 def test_each_stage_lowers_its_loss_and_writes_artifacts(data_dir, tmp_path):
     out = tmp_path / "ckpt"
-    summary = train(data_dir, out, tiny("train.vae_steps=16", "train.denoiser_steps=16"), progress=False)
-    assert summary["stages"]["vae"]["steps"] == 16 and summary["stages"]["denoiser"]["steps"] == 16
+    summary = train(data_dir, out, tiny("train.vae_steps=16", "train.denoiser_steps=16"))
+    assert summary["vae"]["steps"] == 16 and summary["denoiser"]["steps"] == 16
     vae_losses = load_state(latest_checkpoint(out / "vae"))["losses"]
     den_losses = load_state(latest_checkpoint(out / "denoiser"))["losses"]
     for key in ("loss_video_base", "loss_audio_vae"):
@@ -57,17 +57,17 @@ def test_each_stage_lowers_its_loss_and_writes_artifacts(data_dir, tmp_path):
     assert float(load_weights(out / "vae", "video_vae")["scaling_factor"]) != 1.0  # set from the trained latents
     ckpt = latest_checkpoint(out / "denoiser")
     assert {p.name for p in ckpt.iterdir()} >= {"base.safetensors", "upsampler.safetensors", "base_ema.safetensors", "state.pt"}
-    assert len(list((out / "denoiser" / "latents").glob("latents-*.safetensors"))) == 1
+    assert (out / "latents" / "latents.safetensors").exists()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_resume_ends_with_the_same_weights(data_dir, tmp_path, precision):
     params = tiny(f"train.precision={precision}")
-    train(data_dir, tmp_path / "straight", params, progress=False)
-    train(data_dir, tmp_path / "split", params, stop_after=3, progress=False)            # vae 0 -> 3
-    train(data_dir, tmp_path / "split", params, resume=True, progress=False, stop_after=3)  # vae 3 -> 6
-    train(data_dir, tmp_path / "split", params, resume=True, progress=False, stop_after=5)  # vae 6 -> 8, den 0 -> 5
-    train(data_dir, tmp_path / "split", params, resume=True, progress=False)               # den 5 -> 8
+    train(data_dir, tmp_path / "straight", params)
+    train(data_dir, tmp_path / "split", params, stop_after=3)               # vae 0 -> 3
+    train(data_dir, tmp_path / "split", params, resume=True, stop_after=3)  # vae 3 -> 6
+    train(data_dir, tmp_path / "split", params, resume=True, stop_after=5)  # vae 6 -> 8, den 0 -> 5
+    train(data_dir, tmp_path / "split", params, resume=True)                # den 5 -> 8
     for stage, modules in (("vae", ("video_vae", "audio_vae")), ("denoiser", ("base", "upsampler", "base_ema"))):
         a, b = latest_checkpoint(tmp_path / "straight" / stage), latest_checkpoint(tmp_path / "split" / stage)
         assert a.name == b.name
@@ -79,7 +79,7 @@ def test_resume_ends_with_the_same_weights(data_dir, tmp_path, precision):
 def test_nan_loss_stops_with_step_and_stage_and_keeps_the_checkpoint(data_dir, tmp_path, monkeypatch):
     params = tiny()
     out = tmp_path / "nan"
-    train(data_dir, out, params, stages=("vae",), progress=False)
+    train(data_dir, out, params, stages=("vae",))
     import model.diffusion as diffusion
 
     real = diffusion.F.mse_loss
@@ -92,14 +92,15 @@ def test_nan_loss_stops_with_step_and_stage_and_keeps_the_checkpoint(data_dir, t
 
     monkeypatch.setattr(diffusion.F, "mse_loss", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"denoiser stage: non-finite loss .* at step 4"):
-        train(data_dir, out, params, stages=("denoiser",), progress=False)
+        train(data_dir, out, params, stages=("denoiser",))
     kept = latest_checkpoint(out / "vae")
     assert kept is not None and load_state(kept)["step"] == 8
+    assert latest_checkpoint(out / "denoiser") is None  # nothing after the NaN was saved
 
 
 def test_kill_during_training_leaves_a_loadable_checkpoint(data_dir, tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "tasks.train", "--data", str(data_dir), "--out", str(out), "--stages", "vae"]
+    cmd = [sys.executable, "-m", "tasks.cli", "train-vae", "--data", str(data_dir), "--out", str(out)]
     for o in TRAIN_OVERRIDES + ["train.vae_steps=400", "train.checkpoint_every=1"]:
         cmd += ["--set", o]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -114,77 +115,52 @@ def test_kill_during_training_leaves_a_loadable_checkpoint(data_dir, tmp_path):
     state = load_state(folder)
     assert state["step"] >= 1
     assert load_weights(folder, "video_vae") and load_weights(folder, "audio_vae")
-    resumed = train(data_dir, out, tiny("train.vae_steps=" + str(state["step"] + 2)), resume=True, stages=("vae",),
-                    progress=False)
-    assert resumed["stages"]["vae"]["steps"] == state["step"] + 2
+    resumed = train(data_dir, out, tiny("train.vae_steps=" + str(state["step"] + 2)), resume=True, stages=("vae",))
+    assert resumed["vae"]["steps"] == state["step"] + 2
 
 
 def test_frozen_modules_stay_bit_identical(data_dir, tmp_path):
     out = tmp_path / "frozen"
     params = tiny()
-    train(data_dir, out, params, stages=("vae",), progress=False)
+    train(data_dir, out, params, stages=("vae",))
     before = {k: v.clone() for k, v in load_weights(out / "vae", "video_vae").items()}
-    from model import ConditioningEncoder
-
-    enc = ConditioningEncoder("minilm", None, 8)
-    enc_before = {k: v.clone() for k, v in enc.state_dict().items()}
-    train(data_dir, out, params, stages=("denoiser",), progress=False)
+    train(data_dir, out, params, stages=("denoiser",))
     after = load_weights(out / "vae", "video_vae")
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert all(torch.equal(enc_before[k], v) for k, v in enc.state_dict().items())
 
 
 def test_upsampler_trains_on_its_share_of_each_batch(data_dir, tmp_path, monkeypatch):
-    import model
+    import tasks.train_denoiser as stage
 
-    seen: list[tuple[int, int]] = []
-    real_base, real_up = model.base_denoiser_loss, model.upsampler_loss
+    seen: list[tuple[str, int]] = []
+    real_base, real_up = stage.base_denoiser_loss, stage.upsampler_loss
 
-    def base_spy(net, scheduler, video, *args, **kwargs):
+    def base_spy(net, scheduler, video, audio, inputs, *args, **kwargs):
         seen.append(("base", video.shape[0]))
-        return real_base(net, scheduler, video, *args, **kwargs)
+        return real_base(net, scheduler, video, audio, inputs, *args, **kwargs)
 
-    def up_spy(net, scheduler, video, low_res, context, *args, **kwargs):
-        assert low_res.shape[0] == context.tokens.shape[0] == kwargs["has_image"].shape[0] == video.shape[0]
+    def up_spy(net, scheduler, video, low_res, inputs, *args, **kwargs):
+        assert low_res.shape[0] == inputs.batch_size == inputs.has_image.shape[0] == video.shape[0]
         seen.append(("upsampler", video.shape[0]))
-        return real_up(net, scheduler, video, low_res, context, *args, **kwargs)
+        return real_up(net, scheduler, video, low_res, inputs, *args, **kwargs)
 
-    monkeypatch.setattr(model, "base_denoiser_loss", base_spy)
-    monkeypatch.setattr(model, "upsampler_loss", up_spy)
+    monkeypatch.setattr(stage, "base_denoiser_loss", base_spy)
+    monkeypatch.setattr(stage, "upsampler_loss", up_spy)
     out = tmp_path / "share"
-    train(data_dir, out, tiny("train.vae_steps=2"), stages=("vae",), progress=False)
-    train(data_dir, out, tiny("train.denoiser_steps=3", "train.upsampler_batch_size=1"), stages=("denoiser",),
-          progress=False)
+    train(data_dir, out, tiny("train.vae_steps=2"), stages=("vae",))
+    train(data_dir, out, tiny("train.denoiser_steps=3", "train.upsampler_batch_size=1"), stages=("denoiser",))
     assert seen == [("base", 4), ("upsampler", 1)] * 3
-
-
-def test_latent_cache_is_rebuilt_when_the_caption_features_change(data_dir, tmp_path):
-    """The cached caption states must follow conditioning.token_layer: a stale cache trains the
-    denoiser on one layer's features while sampling feeds it another's."""
-    from safetensors.torch import load_file
-
-    out = tmp_path / "layers"
-    train(data_dir, out, tiny("train.vae_steps=2"), stages=("vae",), progress=False)
-    files, tokens = [], []
-    for layer in ("-1", "2", "-1"):
-        train(data_dir, out, tiny("train.denoiser_steps=1", f"conditioning.token_layer={layer}"), stages=("denoiser",),
-              progress=False)
-        (path,) = (out / "denoiser" / "latents").glob("latents-*.safetensors")
-        files.append(path.name)
-        tokens.append(load_file(str(path))["text_tokens"])
-    assert files[0] != files[1] and files[0] == files[2]
-    assert not torch.allclose(tokens[0], tokens[1]) and torch.equal(tokens[0], tokens[2])
 
 
 def test_mlflow_run_has_metrics_params_and_artifacts(data_dir, tmp_path, monkeypatch):
     db = tmp_path / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
     monkeypatch.chdir(tmp_path)  # artifacts land under the working folder
-    summary = train(data_dir, tmp_path / "ml", tiny("train.mlflow=true"), progress=False)
+    summary = train(data_dir, tmp_path / "ml", tiny("train.mlflow=true"))["denoiser"]
     con = sqlite3.connect(db)
     runs = dict(con.execute("select run_uuid, name from runs").fetchall())
-    assert sorted(runs.values())[:2] == ["denoiser", "train-vae+denoiser-" + runs[summary["run_id"]][-6:]]
-    assert sorted(runs.values())[2] == "vae" and len(runs) == 3
+    digest = runs[summary["run_id"]][-6:]
+    assert sorted(runs.values()) == [f"train_denoiser-{digest}", f"train_vae-{digest}"]
     keys = {k for (k,) in con.execute("select distinct key from metrics")}
     assert {"loss_video", "loss_audio", "loss_upsampler", "lr", "grad_norm", "samples_per_s", "vae_psnr_base"} <= keys
     params = dict(con.execute("select key, value from params where run_uuid = ?", (summary["run_id"],)).fetchall())
@@ -200,7 +176,7 @@ def test_mlflow_run_has_metrics_params_and_artifacts(data_dir, tmp_path, monkeyp
 def test_ddp_two_processes_on_cpu(data_dir, tmp_path, self_condition):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "tasks.train", "--data", str(data_dir), "--out", str(out)]
+           "-m", "tasks.cli", "train", "--data", str(data_dir), "--out", str(out)]
     steps = ["train.vae_steps=10", "train.denoiser_steps=12", "train.checkpoint_every=100",
              f"denoiser.base.self_condition={str(self_condition).lower()}"]
     for o in TRAIN_OVERRIDES + steps:
@@ -213,3 +189,13 @@ def test_ddp_two_processes_on_cpu(data_dir, tmp_path, self_condition):
     losses = json.loads(load_state(out / "denoiser" / folders[0])["losses"])
     before, after = first_last(losses, "loss_video", k=4)
     assert after < before
+
+
+def test_latents_of_another_cache_are_refused(data_dir, tmp_path):
+    from tasks.checkpoint import read_latents
+    from tasks.runtime import UserError
+
+    out = tmp_path / "latents"
+    train(data_dir, out, tiny("train.vae_steps=2", "train.denoiser_steps=1"))
+    with pytest.raises(UserError, match="encoded from another tensor cache"):
+        read_latents(out, ["some-other-item"])

@@ -116,7 +116,7 @@ def train_reference(model: ArticleModel, cache_dir: str | Path, *, budget_s: flo
     """The article's loop, stopped when the wall-clock budget is spent (or after NUM_EPOCHS)."""
     from tqdm.auto import tqdm
 
-    from tasks.dataset import MultiModalDataset
+    from tasks.cache import MultiModalDataset
 
     torch.manual_seed(seed)
     device = torch.device(device)

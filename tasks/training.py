@@ -1,0 +1,317 @@
+"""What both training stages share: the resumable `TrainState` and one loop.
+
+A stage builds its modules and a loss function `loss_fn(rows, generator) -> {name: loss}`; the loop
+runs AdamW + warmup/cosine + grad clipping (+ EMA) with deterministic batches and noise, atomic
+checkpoints and a NaN/Inf guard. Resume restores weights, EMA, optimizer, LR schedule, RNG, data
+position and step: on CPU a run interrupted and resumed ends with the same weights.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as td
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from model.precision import autocast
+
+from .checkpoint import clear_checkpoints, latest_checkpoint, load_state, load_weights, save_checkpoint
+
+
+class NonFiniteLossError(RuntimeError):
+    """A NaN or Inf loss: training stops, the last good checkpoint stays."""
+
+
+@dataclass
+class Dist:
+    world: int = 1
+    rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """torchrun's environment -> this process's rank (gloo on CPU, NCCL on GPU); one process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not td.is_initialized():
+        td.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return Dist(world, int(os.environ.get("RANK", "0")))
+
+
+def wrap_ddp(modules: dict[str, torch.nn.Module], dist: Dist, **options: Any) -> dict[str, torch.nn.Module]:
+    if dist.world == 1:
+        return modules
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return {k: DDP(m, **options) for k, m in modules.items()}
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return module.module if hasattr(module, "module") else module
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent.parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def epoch_indices(n: int, epoch: int, seed: int, world: int, rank: int) -> list[int]:
+    """This rank's shuffled indices for an epoch (DistributedSampler: same order on every rank)."""
+    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+class BatchCursor:
+    """Deterministic batches by (epoch, position): the data position is part of the resume state."""
+
+    def __init__(self, n: int, batch: int, seed: int, world: int = 1, rank: int = 0, epoch: int = 0, pos: int = 0):
+        self.n, self.batch, self.seed, self.world, self.rank = n, batch, seed, world, rank
+        self.epoch, self.pos = epoch, pos
+        self._order = epoch_indices(n, epoch, seed, world, rank)
+
+    def next(self) -> list[int]:
+        out: list[int] = []
+        while len(out) < self.batch:
+            if self.pos >= len(self._order):
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = epoch_indices(self.n, self.epoch, self.seed, self.world, self.rank)
+            take = self._order[self.pos : self.pos + self.batch - len(out)]
+            out += take
+            self.pos += len(take)
+        return out
+
+
+def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warmup, then cosine decay to 0 (the article's CosineAnnealingLR, with a warmup)."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(warmup, 1)
+        progress = (step - warmup) / max(total - warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return f
+
+
+def make_optimizer(params: list, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW, fused: one kernel over all tensors instead of a Python loop over ~190 of them."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """One stage's loop settings, read from the `train` params group by the stage."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    warmup: int
+    weight_decay: float
+    grad_clip: float
+    seed: int
+    checkpoint_every: int
+    log_every: int
+    ema_decay: float | None = None
+
+
+@dataclass
+class TrainState:
+    """Everything a stage's checkpoint restores."""
+
+    modules: dict[str, torch.nn.Module]
+    emas: dict[str, torch.nn.Module]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    generator: torch.Generator
+    cursor: BatchCursor
+    step: int = 0
+    losses: list[dict[str, float]] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, modules: dict[str, torch.nn.Module], n_items: int, s: StageSettings, dist: Dist) -> "TrainState":
+        params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+        optimizer = make_optimizer(params, s.lr, s.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(s.warmup, s.steps))
+        emas = {k: copy.deepcopy(unwrap(m)).requires_grad_(False) for k, m in modules.items()} if s.ema_decay else {}
+        generator = torch.Generator().manual_seed(s.seed * 7919 + dist.rank)
+        cursor = BatchCursor(n_items, max(s.batch_size // dist.world, 1), s.seed, dist.world, dist.rank)
+        return cls(modules, emas, optimizer, scheduler, generator, cursor)
+
+    @property
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def load(self, folder: Path, dist: Dist) -> None:
+        state = load_state(folder)
+        for k, m in self.modules.items():
+            unwrap(m).load_state_dict(load_weights(folder, k))
+        for k, e in self.emas.items():
+            e.load_state_dict(load_weights(folder, f"{k}_ema"))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        rngs = state["rng"]
+        self.generator.set_state(rngs[dist.rank] if dist.rank < len(rngs) else rngs[0])
+        c = self.cursor
+        self.cursor = BatchCursor(c.n, c.batch, c.seed, c.world, c.rank, state["epoch"], state["pos"])
+        self.step, self.losses = int(state["step"]), json.loads(state["losses"])
+
+    def save(self, stage_dir: Path, dist: Dist) -> None:
+        rngs = [self.generator.get_state()]
+        if dist.world > 1:
+            gathered = [torch.zeros_like(rngs[0]) for _ in range(dist.world)]
+            td.all_gather(gathered, rngs[0])
+            rngs = gathered
+        if dist.main:
+            weights = {k: unwrap(m).state_dict() for k, m in self.modules.items()}
+            weights.update({f"{k}_ema": e.state_dict() for k, e in self.emas.items()})
+            save_checkpoint(stage_dir, self.step, weights, {
+                "step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": rngs, "epoch": self.cursor.epoch, "pos": self.cursor.pos, "losses": json.dumps(self.losses),
+            })
+        if dist.world > 1:
+            td.barrier()
+
+
+@dataclass
+class StageResult:
+    name: str
+    steps: int
+    losses: list[dict[str, float]]
+    metrics: dict[str, float]
+    seconds: float
+
+
+def start_or_resume(state: TrainState, stage_dir: Path, resume: bool, dist: Dist) -> None:
+    """Resume from the stage's latest checkpoint, or clear the folder for a fresh run."""
+    folder = latest_checkpoint(stage_dir) if resume else None
+    if not resume and dist.main:
+        clear_checkpoints(stage_dir)  # a fresh run replaces an older one (step numbers would interleave)
+    if folder is not None:
+        state.load(folder, dist)
+
+
+def run_loop(name: str, state: TrainState, loss_fn: Callable[[list[int], torch.Generator], dict[str, torch.Tensor]],
+             s: StageSettings, stage_dir: Path, dist: Dist, tracker, *, stop_after: int | None = None,
+             amp: tuple[str, torch.dtype | None] = ("cpu", None), progress: bool = True) -> StageResult:
+    """The training loop of every stage; `amp` is (device type, autocast dtype or None for fp32)."""
+    start, first = time.perf_counter(), state.step
+    last = min(s.steps, state.step + stop_after if stop_after is not None else s.steps)
+    bar = tqdm(total=s.steps, initial=state.step, desc=name, unit="step", disable=not (progress and dist.main))
+    for m in state.modules.values():
+        m.train()
+    while state.step < last:
+        state.optimizer.zero_grad(set_to_none=True)
+        with autocast(*amp):
+            parts = loss_fn(state.cursor.next(), state.generator)
+        loss = sum(parts.values())
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"{name} stage: non-finite loss ({float(loss.detach())}) at step {state.step + 1}; "
+                                     f"the last good checkpoint in {stage_dir} is kept")
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(state.parameters, s.grad_clip))
+        state.optimizer.step()
+        state.scheduler.step()
+        for k, e in state.emas.items():
+            update_ema(e, unwrap(state.modules[k]), s.ema_decay or 0.0)
+        state.step += 1
+        record = {k: float(v.detach()) for k, v in parts.items()}
+        state.losses.append({"step": state.step, **record})
+        bar.update()
+        if dist.main and (state.step % s.log_every == 0 or state.step == s.steps):
+            rate = (state.step - first) * s.batch_size / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            tracker.metrics({**record, "lr": state.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                             "samples_per_s": rate}, state.step)
+        if state.step % s.checkpoint_every == 0 or state.step == s.steps:
+            state.save(stage_dir, dist)
+    if state.step < s.steps and state.step % s.checkpoint_every:
+        state.save(stage_dir, dist)  # an early stop (--stop-after) still leaves a checkpoint to resume from
+    bar.close()
+    return StageResult(name, state.step, state.losses, {}, time.perf_counter() - start)
+
+
+def training_precision(train, device: torch.device) -> torch.dtype | None:
+    """train.precision on this device -> the autocast dtype of a stage (None: fp32)."""
+    from model.precision import autocast_dtype
+
+    from .runtime import UserError
+
+    try:
+        return autocast_dtype(train.precision, device)
+    except ValueError as e:
+        raise UserError(f"train.precision: {e}") from None
+
+
+def dataset_hash(manifest) -> str:
+    return hashlib.sha256("|".join(manifest["key"]).encode()).hexdigest()[:16]
+
+
+def training_rows(manifest) -> list[int]:
+    """Manifest rows the models train on: everything but the held-out combinations (all rows when
+    the dataset marks none as held out)."""
+    return [i for i, s in enumerate(manifest["split"].fillna("train")) if s != "holdout"] or list(range(len(manifest)))
+
+
+@contextmanager
+def stage_session(stage: str, params, manifest, device: str | None = None):
+    """One stage's process setup: ranks, device, seeds, determinism and its MLflow run (named by the
+    stage and a digest of its params, so runs with other params stand apart in the MLflow UI).
+    Yields (dist, device, tracker)."""
+    from .params import flatten
+    from .runtime import pick_device, seed_everything
+    from .tracking import Tracker
+
+    dist = init_distributed()
+    dev = pick_device(device or params.train.device)
+    seed_everything(params.seed)
+    torch.use_deterministic_algorithms(dev.type == "cpu", warn_only=True)
+    t = params.train
+    tracker = Tracker(dist.main and t.mlflow, t.tracking_uri, t.experiment)
+    digest = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()[:6]
+    tracker.start(f"{stage}-{digest}", tags={"git_commit": git_commit(), "dataset_hash": dataset_hash(manifest)})
+    tracker.params(flatten(params.to_dict()))
+    try:
+        yield dist, dev, tracker
+    finally:
+        tracker.end()  # the process group lives until the process ends: stages may follow under torchrun
+
+
+def finish_stage(stage_dir: Path, result: StageResult, params, manifest, tracker, precision: torch.dtype | None,
+                 widths: dict[str, int] | None = None) -> dict[str, Any]:
+    """Loss table and curve, config.json and summary.json of a stage (rank 0); returns the summary."""
+    from .checkpoint import write_stage_files
+    from .tracking import loss_curve_png, write_loss_tsv
+
+    last = {k: v for k, v in (result.losses[-1] if result.losses else {}).items() if k != "step"}
+    summary = {"dataset_hash": dataset_hash(manifest), "items": len(manifest), "stage": result.name,
+               "steps": result.steps, "seconds": round(result.seconds, 1),
+               "precision": "fp32" if precision is None else "bf16", **last, **result.metrics, "run_id": tracker.run_id}
+    if result.losses:
+        write_loss_tsv(result.losses, stage_dir / f"loss_{result.name}.tsv")
+        loss_curve_png(result.losses, stage_dir / f"loss_{result.name}.png", f"{result.name} stage")
+        tracker.artifact(stage_dir / f"loss_{result.name}.png")
+    write_stage_files(stage_dir, params, summary, widths)
+    return summary
