@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,23 +32,25 @@ TENSOR_FIELDS = ("video_base", "video_upsampled", "audio", "image_base", "image_
 
 @dataclass(frozen=True)
 class CacheSettings:
-    num_frames: int = 16
-    window_s: float = 2.0
-    window_start_s: float = 0.0
-    base_size: int = 32
-    upsampled_size: int = 64
-    sample_rate: int = 16000
-    shard_size: int = 256
+    """The `cache` params that shape the tensors, as a class of this module: per-item workers unpickle
+    it without importing tasks.params (and with it torch)."""
+
+    num_frames: int
+    window_s: float
+    window_start_s: float
+    base_size: int
+    upsampled_size: int
+    sample_rate: int
+    shard_size: int
 
     @classmethod
     def from_params(cls, cache) -> "CacheSettings":
         """From the `cache` params group."""
-        return cls(cache.num_frames, cache.window_s, cache.window_start_s, cache.base_size, cache.upsampled_size,
-                   cache.sample_rate, cache.shard_size)
+        return cls(**{f.name: getattr(cache, f.name) for f in fields(cls)})
 
     def fingerprint(self) -> str:
-        fields = {k: v for k, v in asdict(self).items() if k != "shard_size"}
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+        shaping = {k: v for k, v in asdict(self).items() if k != "shard_size"}
+        return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from model import (AudioVAE, ConditioningEncoder, JointDenoisingTransformer, TinyVeo, VideoVAE, from_params,
+                   noise_schedulers)
+
+from .media import atomic_path
+from .params import Params, ParamsError
+from .runtime import UserError, pick_device
 
 
 def save_checkpoint(stage_dir: str | Path, step: int, weights: dict[str, dict[str, torch.Tensor]],
                     state: dict[str, Any], keep: int = 2) -> Path:
-    from safetensors.torch import save_file
-
     stage_dir = Path(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
@@ -64,8 +71,6 @@ def latest_checkpoint(stage_dir: str | Path) -> Path | None:
 
 
 def load_weights(folder: str | Path, module: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     path = Path(folder) / f"{module}.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"{path}: checkpoint has no weights for {module}")
@@ -85,8 +90,6 @@ LATENTS_FILE = "latents.safetensors"
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """JSON, written to a temporary name and renamed."""
-    from .media import atomic_path
-
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
@@ -100,10 +103,6 @@ def write_stage_files(stage_dir: Path, params, summary: dict[str, Any], widths: 
 
 
 def save_vaes(checkpoint: str | Path, modules: dict[str, torch.nn.Module]) -> None:
-    from safetensors.torch import save_file
-
-    from .media import atomic_path
-
     for name, module in modules.items():
         with atomic_path(Path(checkpoint) / VAE_DIR / f"{name}.safetensors") as tmp:
             save_file({k: v.contiguous().cpu() for k, v in module.state_dict().items()}, str(tmp))
@@ -111,10 +110,6 @@ def save_vaes(checkpoint: str | Path, modules: dict[str, torch.nn.Module]) -> No
 
 def load_vaes(checkpoint: str | Path, cfg, device) -> tuple[Any, Any]:
     """The trained (VideoVAE, AudioVAE) of a checkpoint folder, frozen, in eval mode."""
-    from model import AudioVAE, VideoVAE
-
-    from .runtime import UserError
-
     video_vae, audio_vae = VideoVAE(cfg.video_vae).to(device), AudioVAE(cfg.audio_vae).to(device)
     for name, module in zip(VAE_MODULES, (video_vae, audio_vae)):
         path = Path(checkpoint) / VAE_DIR / f"{name}.safetensors"
@@ -125,8 +120,6 @@ def load_vaes(checkpoint: str | Path, cfg, device) -> tuple[Any, Any]:
 
 
 def _load_into(module: torch.nn.Module, path: Path, config_path: Path | None = None) -> None:
-    from .runtime import UserError
-
     try:
         module.load_state_dict(load_weights(path.parent, path.stem))
     except FileNotFoundError as exc:
@@ -138,9 +131,6 @@ def _load_into(module: torch.nn.Module, path: Path, config_path: Path | None = N
 
 def read_config(checkpoint: str | Path) -> tuple[Any, dict[str, Any]]:
     """(Params, saved widths) of a finished checkpoint folder; errors name the missing file."""
-    from .params import ParamsError, Params
-    from .runtime import UserError
-
     ckpt = Path(checkpoint)
     config_path = ckpt / DENOISER_DIR / "config.json"
     if not ckpt.is_dir():
@@ -156,10 +146,6 @@ def read_config(checkpoint: str | Path) -> tuple[Any, dict[str, Any]]:
 
 def load_pipeline(checkpoint: str | Path, device: str | None = None):
     """A trained checkpoint folder -> (TinyVeo with the EMA denoisers, the params it was trained with)."""
-    from model import ConditioningEncoder, JointDenoisingTransformer, TinyVeo, from_params, noise_schedulers
-
-    from .runtime import UserError, pick_device
-
     ckpt = Path(checkpoint)
     params, saved = read_config(ckpt)
     config_path = ckpt / DENOISER_DIR / "config.json"
@@ -181,13 +167,13 @@ def load_pipeline(checkpoint: str | Path, device: str | None = None):
     return TinyVeo(cfg, encoder, video_vae, audio_vae, base, upsampler, scheduler, fps, up_scheduler).to(dev), params
 
 
+def latents_path(checkpoint: str | Path) -> Path:
+    return Path(checkpoint) / LATENTS_DIR / LATENTS_FILE
+
+
 def write_latents(checkpoint: str | Path, tensors: dict[str, torch.Tensor], encoder, keys: list[str]) -> Path:
     """CHECKPOINT/latents/latents.safetensors, with the encoder's identity and widths and the cache keys."""
-    from safetensors.torch import save_file
-
-    from .media import atomic_path
-
-    path = Path(checkpoint) / LATENTS_DIR / LATENTS_FILE
+    path = latents_path(checkpoint)
     meta = {"encoder": encoder.identity, "context_dim": str(encoder.text_dim),
             "image_feature_dim": str(encoder.image_dim), "keys": json.dumps(keys)}
     with atomic_path(path) as tmp:
@@ -197,12 +183,7 @@ def write_latents(checkpoint: str | Path, tensors: dict[str, torch.Tensor], enco
 
 def read_latents(checkpoint: str | Path, keys: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """(latent tensors, encoder widths) of a checkpoint folder, checked against the cache's item keys."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from .runtime import UserError
-
-    path = Path(checkpoint) / LATENTS_DIR / LATENTS_FILE
+    path = latents_path(checkpoint)
     if not path.exists():
         raise UserError(f"{path}: no encoded latents (run `tinyveo encode-latents` first)")
     with safe_open(str(path), framework="pt") as f:

@@ -157,8 +157,8 @@ def _copy_metrics(args: argparse.Namespace, stage: str) -> None:
         return
     target = Path(args.metrics_dir)
     target.mkdir(parents=True, exist_ok=True)
-    folder, name = Path(args.out) / stage, {"vae": "vae", "denoiser": "denoiser"}[stage]
-    for src, dst in (("summary.json", f"{name}_summary.json"), (f"loss_{name}.tsv", f"loss_{name}.tsv")):
+    folder = Path(args.out) / stage
+    for src, dst in (("summary.json", f"{stage}_summary.json"), (f"loss_{stage}.tsv", f"loss_{stage}.tsv")):
         if (folder / src).exists():
             shutil.copyfile(folder / src, target / dst)
 

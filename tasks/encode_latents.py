@@ -13,7 +13,7 @@ import torch.distributed as td
 from model import ConditioningEncoder, from_params
 
 from .cache import MultiModalDataset
-from .checkpoint import LATENTS_DIR, LATENTS_FILE, load_vaes, write_latents
+from .checkpoint import latents_path, load_vaes, write_latents
 from .params import Params
 from .runtime import pick_device
 from .training import init_distributed
@@ -46,7 +46,6 @@ def encode_items(data: dict[str, torch.Tensor], captions: list[str], video_vae, 
 def encode_latents(data_dir: str | Path, checkpoint: str | Path, params: Params, *,
                    device: str | None = None) -> Path:
     """Write CHECKPOINT/latents/latents.safetensors; returns its path (under torchrun, rank 0 writes)."""
-    path = Path(checkpoint) / LATENTS_DIR / LATENTS_FILE
     dist = init_distributed()
     if dist.main:
         dev = pick_device(device or params.train.device)
@@ -61,4 +60,4 @@ def encode_latents(data_dir: str | Path, checkpoint: str | Path, params: Params,
         write_latents(checkpoint, tensors, encoder, manifest["key"].tolist())
     if dist.world > 1:
         td.barrier()
-    return path
+    return latents_path(checkpoint)

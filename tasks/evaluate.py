@@ -262,7 +262,8 @@ def log_to_mlflow(checkpoint: str | Path, out: Path, metrics: dict[str, Any], pa
     except mlflow.exceptions.MlflowException:
         run = tracker.start("evaluate")
     with run:
-        sample_eval = {"sample": params.to_dict()["sample"], "eval": params.to_dict()["eval"]}
+        groups = params.to_dict()
+        sample_eval = {"sample": groups["sample"], "eval": groups["eval"]}
         mlflow.log_params({f"eval_{k}": str(v)[:500] for k, v in flatten(sample_eval).items()})
         mlflow.log_metrics(flatten_numbers({k: v for k, v in metrics.items() if k not in ("sampling", "prompts")}))
         for name in ("metrics.json", "accuracy.tsv"):

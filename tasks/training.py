@@ -24,9 +24,12 @@ import torch.distributed as td
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from model.precision import autocast
+from model.precision import autocast, autocast_dtype
 
-from .checkpoint import clear_checkpoints, latest_checkpoint, load_state, load_weights, save_checkpoint
+from .checkpoint import clear_checkpoints, latest_checkpoint, load_state, load_weights, save_checkpoint, write_stage_files
+from .params import flatten
+from .runtime import UserError, pick_device, seed_everything
+from .tracking import Tracker, loss_curve_png, write_loss_tsv
 
 
 class NonFiniteLossError(RuntimeError):
@@ -255,10 +258,6 @@ def run_loop(name: str, state: TrainState, loss_fn: Callable[[list[int], torch.G
 
 def training_precision(train, device: torch.device) -> torch.dtype | None:
     """train.precision on this device -> the autocast dtype of a stage (None: fp32)."""
-    from model.precision import autocast_dtype
-
-    from .runtime import UserError
-
     try:
         return autocast_dtype(train.precision, device)
     except ValueError as e:
@@ -280,10 +279,6 @@ def stage_session(stage: str, params, manifest, device: str | None = None):
     """One stage's process setup: ranks, device, seeds, determinism and its MLflow run (named by the
     stage and a digest of its params, so runs with other params stand apart in the MLflow UI).
     Yields (dist, device, tracker)."""
-    from .params import flatten
-    from .runtime import pick_device, seed_everything
-    from .tracking import Tracker
-
     dist = init_distributed()
     dev = pick_device(device or params.train.device)
     seed_everything(params.seed)
@@ -302,9 +297,6 @@ def stage_session(stage: str, params, manifest, device: str | None = None):
 def finish_stage(stage_dir: Path, result: StageResult, params, manifest, tracker, precision: torch.dtype | None,
                  widths: dict[str, int] | None = None) -> dict[str, Any]:
     """Loss table and curve, config.json and summary.json of a stage (rank 0); returns the summary."""
-    from .checkpoint import write_stage_files
-    from .tracking import loss_curve_png, write_loss_tsv
-
     last = {k: v for k, v in (result.losses[-1] if result.losses else {}).items() if k != "step"}
     summary = {"dataset_hash": dataset_hash(manifest), "items": len(manifest), "stage": result.name,
                "steps": result.steps, "seconds": round(result.seconds, 1),

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tasks.cache import CacheSettings, write_cache
+from tasks.params import CacheParams
 from tasks.detect import detect_clip
 from tasks.ingest import AnnotationError, ingest, read_annotations
 from tasks.media import decode_video, read_wav
@@ -292,7 +293,8 @@ def test_crash_mid_cache_leaves_no_partial_shard_in_the_manifest(tmp_path, prepa
 
     monkeypatch.setattr(cache_module, "save_file", crash)
     with pytest.raises(OSError, match="disk full"):
-        write_cache(items + [CacheItem(**fields)], cache, CacheSettings(), workers=1, progress=False)
+        write_cache(items + [CacheItem(**fields)], cache, CacheSettings.from_params(CacheParams()), workers=1,
+                    progress=False)
     after = pd.read_parquet(cache / MANIFEST)
     assert after.equals(old)
     assert all((cache / s).exists() for s in after["shard"])
