@@ -1,6 +1,6 @@
 """Benchmark: what tinyveo's default training budget buys vs the article's model given the same wall
-clock, on the built-in dataset. Prints attribute accuracy per attribute and all-four-correct on the
-held-out prompts (chance beside), and VAE reconstruction PSNR, for both. Not a test.
+clock, on the built-in dataset. Prints the strict scorer's figures (tasks/score/) on the test
+prompts, with the shuffled-prompt baseline beside, and VAE reconstruction PSNR, for both. Not a test.
 
     scripts/env.sh python bench/quality.py --data data
     scripts/env.sh python bench/quality.py --data data --tinyveo-checkpoint checkpoints   # reuse a default run
@@ -24,34 +24,36 @@ import time
 from pathlib import Path
 
 
-def reference_metrics(model, specs, cache, batch: int, seed: int) -> dict:
+def reference_metrics(model, specs, cache, params, batch: int, seed: int) -> dict:
     import torch
 
     from reference.loop import generate_content
-    from tasks.detect import CHANCE, detect_all
-    from tasks.metrics import attribute_accuracy, psnr
+    from tasks.metrics import psnr
+    from tasks.score import score_tensors
 
-    detected = []
+    videos, audios = [], []
     for k in range(0, len(specs), batch):
         group = specs[k:k + batch]
         video, audio = generate_content(model, [s.prompt for s in group],
                                         generator=torch.Generator().manual_seed(seed + k))
-        detected += [detect_all(video[i].permute(1, 2, 3, 0).numpy(), audio[i].numpy(), 16000) for i in range(len(group))]
-    acc = attribute_accuracy(detected, [s.attributes for s in specs], CHANCE)
+        videos += list(video)
+        audios += [a.numpy() for a in audio]
+    acc = score_tensors(videos, audios, [s.attributes for s in specs], params.cache.window_s, params.cache.sample_rate,
+                        seed=seed)
     with torch.no_grad():
         rec = {}
         for field in ("video_base", "video_upsampled"):
             x = cache[field].float() / 255
             out = torch.cat([model.video_vae.decode(model.video_vae.encode(x[i:i + 16])) for i in range(0, len(x), 16)])
             rec[field.replace("video_", "video_psnr_")] = psnr(out, x)
-    return {"attribute_accuracy": acc, "vae_reconstruction": rec}
+    return {"scene": acc, "vae_reconstruction": rec}
 
 
 def main() -> None:
     import torch
 
     from reference.loop import ArticleModel, train_reference
-    from tasks.evaluate import evaluate, holdout_specs
+    from tasks.evaluate import evaluate, split_specs
     from tasks.params import load_params
     from model import ConditioningEncoder
 
@@ -92,20 +94,22 @@ def main() -> None:
     budget = args.budget_s or tinyveo_s
     print(f"tinyveo training: {tinyveo_s:.0f} s ({how}); reference budget: {budget:.0f} s", flush=True)
 
-    tv = evaluate(ckpt, out / "tinyveo", params, holdout=args.data, track=False)
+    tv = evaluate(ckpt, out / "tinyveo", params, data=args.data, track=False)
+    tv_scene = tv["splits"]["test"]["scene"]
 
     encoder = ConditioningEncoder.from_params(params.conditioning)
     torch.manual_seed(seed)
     ref_model = ArticleModel(encoder)
     ref_train = train_reference(ref_model, Path(args.data) / "cache", budget_s=budget, seed=seed)
-    specs, cache, _, split = holdout_specs(args.data, params.eval.num_prompts)
+    specs, cache, _ = split_specs(args.data, "test", params.eval.num_prompts)
+    split = "test"
     vae_cache = {k: v[: params.eval.num_vae_clips] for k, v in cache.items()}
-    ref = reference_metrics(ref_model, specs, vae_cache, params.eval.batch_size, seed)
+    ref = reference_metrics(ref_model, specs, vae_cache, params, params.eval.batch_size, seed)
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
     result = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "split": split, "prompts": len(specs),
-        "tinyveo": {"train_seconds": tinyveo_s, "stages": stages, "attribute_accuracy": tv["attribute_accuracy"],
+        "tinyveo": {"train_seconds": tinyveo_s, "stages": stages, "scene": tv_scene,
                     "vae_reconstruction": tv["vae_reconstruction"], "sampling": tv["sampling"]},
         "reference": {"train_seconds": ref_train.seconds, "steps": ref_train.steps, "epochs": ref_train.epochs,
                       "final_loss_mean_last_100": sum(ref_train.losses[-100:]) / max(len(ref_train.losses[-100:]), 1),
@@ -118,11 +122,11 @@ def main() -> None:
     print(f"# {len(specs)} {split} prompts; tinyveo {tinyveo_s:.0f} s of training "
           "(" + ", ".join(f"{k} {v['steps']} steps" for k, v in stages.items()) + "); "
           f"reference {ref_train.seconds:.0f} s ({ref_train.steps} steps at batch 1, {ref_train.epochs:.2f} epochs)")
-    keys = ["color", "shape", "direction", "pitch", "all_four"]
-    print(f"{'':<24}" + "".join(f"{k:>10}" for k in keys))
-    for name, acc in (("tinyveo", tv["attribute_accuracy"]), ("reference (article)", ref["attribute_accuracy"])):
-        print(f"{name:<24}" + "".join(f"{acc[k]['accuracy']:>10.2f}" for k in keys))
-    print(f"{'chance':<24}" + "".join(f"{tv['attribute_accuracy'][k]['chance']:>10.3f}" for k in keys))
+    keys = ["color", "shape", "motion", "pitch", "object_all", "all_correct"]
+    print(f"{'':<24}" + "".join(f"{k:>12}" for k in keys))
+    for name, acc in (("tinyveo", tv_scene), ("reference (article)", ref["scene"]),
+                      ("shuffled prompts", tv_scene["baselines"]["shuffled"])):
+        print(f"{name:<24}" + "".join(f"{acc[k]:>12.2f}" for k in keys))
     tvr, rr = tv["vae_reconstruction"], ref["vae_reconstruction"]
     print(f"VAE PSNR 32 px / 64 px: tinyveo {tvr['video_psnr_base']:.1f} / {tvr['video_psnr_upsampled']:.1f} dB, "
           f"reference {rr['video_psnr_base']:.1f} / {rr['video_psnr_upsampled']:.1f} dB")

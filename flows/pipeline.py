@@ -96,10 +96,13 @@ def evaluate_flow(checkpoint_dir: str = "checkpoints", data_dir: str = "data", o
     out = Path(output_dir)
     if prompts:
         STAGES["generate"](checkpoint_dir, read_prompts(prompts), out / "samples", params, progress=False)
-    metrics = STAGES["evaluate"](checkpoint_dir, out / "eval", params, holdout=data_dir, progress=False)
-    acc = metrics.get("attribute_accuracy", {})
-    get_run_logger().info("attribute accuracy: " + ", ".join(
-        f"{k} {v['accuracy']:.2f} (chance {v['chance']:.2f})" for k, v in acc.items() if isinstance(v, dict)))
+    metrics = STAGES["evaluate"](checkpoint_dir, out / "eval", params, data=data_dir, progress=False)
+    for split, group in metrics["splits"].items():
+        scene = group["scene"]
+        if "status" not in scene:
+            shuffled = scene.get("baselines", {}).get("shuffled", {}).get("all_correct")
+            get_run_logger().info(f"{split}: all correct {scene['all_correct']:.2f} (shuffled prompts {shuffled}), "
+                                  f"objects {scene['object_all']:.2f}")
     return metrics
 
 

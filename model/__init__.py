@@ -1,38 +1,37 @@
 """tinyveo's model: pure PyTorch modules, noise-schedule glue and the sampler.
 
 Names follow the reference article so it reads as documentation. Nothing here imports tasks/ or
-flows/, reads files, or downloads anything.
+flows/, reads files, or downloads anything. Names load on first use (PEP 562), so reading the
+config (`model.config`) does not import the modules.
 """
-from .conditioning import ConditioningEncoder, MissingCheckpointError, TextEmbedding
-from .config import AudioVAEConfig, DenoiserConfig, ModelConfig, VideoVAEConfig, build_config, from_params
-from .denoiser import (
-    FinalLayer,
-    InputProjector,
-    JointDenoisingTransformer,
-    OutputProjector,
-    PatchTransformer,
-    TimestepEmbedding,
-    TokenBuilder,
-    TransformerBlock,
-)
-from .diffusion import (
-    SAMPLERS,
-    base_denoiser_loss,
-    make_noise_scheduler,
-    noise_schedulers,
-    make_sampler,
-    sample_latents,
-    upsampler_loss,
-)
-from .inputs import CaptionState, DenoiserInputs, TokenLayout
-from .pipeline import GeneratedContent, TinyVeo, resize_image
-from .vae import AudioVAE, DiagonalGaussian, VideoVAE
+from __future__ import annotations
 
-__all__ = [
-    "AudioVAE", "AudioVAEConfig", "CaptionState", "ConditioningEncoder", "DenoiserConfig", "DenoiserInputs",
-    "TokenLayout", "build_config", "resize_image", "DiagonalGaussian", "FinalLayer", "GeneratedContent",
-    "InputProjector", "JointDenoisingTransformer", "MissingCheckpointError", "ModelConfig", "OutputProjector",
-    "PatchTransformer", "SAMPLERS", "TextEmbedding", "TimestepEmbedding", "TinyVeo", "TokenBuilder", "TransformerBlock",
-    "VideoVAE", "VideoVAEConfig", "base_denoiser_loss", "from_params", "make_noise_scheduler", "make_sampler", "noise_schedulers",
-    "sample_latents", "upsampler_loss",
-]
+import importlib
+from typing import Any
+
+# name -> the module of this package that defines it
+_EXPORTS = {
+    "ConditioningEncoder": "conditioning", "MissingCheckpointError": "conditioning", "TextEmbedding": "conditioning",
+    "AudioVAEConfig": "config", "DenoiserConfig": "config", "ModelConfig": "config", "VideoVAEConfig": "config",
+    "build_config": "config", "from_params": "config",
+    "FinalLayer": "denoiser", "InputProjector": "denoiser", "JointDenoisingTransformer": "denoiser",
+    "OutputProjector": "denoiser", "PatchTransformer": "denoiser", "TimestepEmbedding": "denoiser",
+    "TokenBuilder": "denoiser", "TransformerBlock": "denoiser",
+    "SAMPLERS": "diffusion", "base_denoiser_loss": "diffusion", "make_noise_scheduler": "diffusion",
+    "noise_schedulers": "diffusion", "make_sampler": "diffusion", "sample_latents": "diffusion",
+    "upsampler_loss": "diffusion",
+    "CaptionState": "inputs", "DenoiserInputs": "inputs", "TokenLayout": "inputs",
+    "GeneratedContent": "pipeline", "TinyVeo": "pipeline", "resize_image": "pipeline",
+    "AudioVAE": "vae", "DiagonalGaussian": "vae", "VideoVAE": "vae",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'model' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -64,13 +64,13 @@ class DenoiserConfig:
     text_refiner_depth: int = 2   # self-attention layers over the caption tokens
     self_condition: bool = False  # also read the previous clean-latent estimate (base only)
     is_upsampler: bool = derived(False)
-    video_latent_shape: tuple[int, int, int, int] = derived((4, 8, 16, 16))  # (C, F, H, W)
+    video_latent_shape: tuple[int, int, int, int] = derived((4, 16, 16, 16))  # (C, F, H, W)
     audio_latent_shape: tuple[int, int] = derived((8, 16))                    # (C, L); unused by the upsampler
     image_latent_shape: tuple[int, int, int] = derived((4, 16, 16))           # the input image's VAE latent
     low_res_latent_shape: tuple[int, int, int, int] | None = derived(None)    # upsampler only
     context_dim: int = derived(384)       # width of the text encoder's pooled vector and token states
     image_feature_dim: int = derived(0)   # CLIP image feature width; 0 when the backend has none
-    max_text_tokens: int = derived(24)
+    max_text_tokens: int = derived(48)
     video_seconds: float = derived(2.0)   # both modalities span the same window: shared time positions
 
     @property
@@ -103,8 +103,8 @@ class DenoiserConfig:
 
 
 UPSAMPLER = DenoiserConfig(video_patch=(8, 4, 4), image_patch=8, text_refiner_depth=1, is_upsampler=True,
-                           video_latent_shape=(4, 8, 32, 32), image_latent_shape=(4, 32, 32),
-                           low_res_latent_shape=(4, 8, 16, 16))
+                           video_latent_shape=(4, 16, 32, 32), image_latent_shape=(4, 32, 32),
+                           low_res_latent_shape=(4, 16, 16, 16))
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class ModelConfig:
     audio_vae: AudioVAEConfig = field(default_factory=AudioVAEConfig)
     base: DenoiserConfig = field(default_factory=DenoiserConfig)
     upsampler: DenoiserConfig = UPSAMPLER
-    num_frames: int = 16
+    num_frames: int = 32
     base_size: int = 32
     upsampled_size: int = 64
 

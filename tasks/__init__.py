@@ -1,2 +1,3 @@
-"""tinyveo pipeline steps: one module per step, each a plain typed function, a thin Prefect task,
-and a `python -m tasks.<step>` entry for DVC. Tasks may import model/, never flows/."""
+"""tinyveo pipeline steps: one module per step, each a plain typed function run by `tinyveo <step>`
+(tasks/cli.py) and a DVC stage; storage modules (cache, checkpoint, samples) own the formats, worlds/
+and score/ the built-in worlds and their scorer. Tasks may import model/, never flows/."""

@@ -101,61 +101,76 @@ def write_cache(items: list[CacheItem], cache_dir: str | Path, settings: CacheSe
     cache_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = cache_dir / MANIFEST
     old = pd.read_parquet(manifest_path) if manifest_path.exists() else None
-    known: dict[str, tuple[str, int]] = {}
-    padded_flags: dict[str, bool] = {}
-    if old is not None:
-        for key, shard, offset, padded in zip(old["key"], old["shard"], old["offset"], old["padded"]):
-            if (cache_dir / shard).exists():
-                known[key] = (shard, int(offset))
-                padded_flags[key] = bool(padded)
+    known, padded_flags = _known_items(old, cache_dir)
     keys = [it.key(settings) for it in items]
     todo = [(it, k) for it, k in zip(items, keys) if k not in known]
-    failed: list[tuple[str, str]] = []
-    done_keys: list[str] = []
-    done_tensors: list[dict[str, np.ndarray]] = []
-    new_locations: dict[str, tuple[str, int]] = {}
-
-    def flush() -> None:
-        if done_keys:
-            name = _write_shard(cache_dir, done_keys, done_tensors)
-            for offset, key in enumerate(done_keys):
-                new_locations[key] = (name, offset)
-            done_keys.clear()
-            done_tensors.clear()
-
     jobs = [(it, settings) for it, _ in todo]
     results = (map_fn or (lambda fn, j, desc: map_clips(fn, j, workers, desc, progress, pool)))(compute_item, jobs, "cache")
+    new_locations, failed = _write_new_items(cache_dir, todo, results, settings.shard_size, padded_flags)
+    locations = {**known, **new_locations}
+    rows = [_manifest_row(it, key, locations[key], padded_flags.get(key, False))
+            for it, key in zip(items, keys) if key in locations]
+    columns = list(asdict(items[0]).keys()) + ["key", "shard", "offset", "padded"] if items else ["id", "key", "shard", "offset"]
+    frame = pd.DataFrame(rows, columns=columns)
+    _replace_manifest(cache_dir, old, frame)
+    return CacheResult(manifest_path, computed=len(todo) - len(failed), reused=len(items) - len(todo), failed=failed,
+                       padded={row["source"]: row["padded"] for row in rows})
+
+
+def _known_items(old: pd.DataFrame | None, cache_dir: Path) -> tuple[dict[str, tuple[str, int]], dict[str, bool]]:
+    """Location and padded flag of every manifest item whose shard is still on disk."""
+    known: dict[str, tuple[str, int]] = {}
+    padded: dict[str, bool] = {}
+    if old is not None:
+        for key, shard, offset, pad in zip(old["key"], old["shard"], old["offset"], old["padded"]):
+            if (cache_dir / shard).exists():
+                known[key] = (shard, int(offset))
+                padded[key] = bool(pad)
+    return known, padded
+
+
+def _write_new_items(cache_dir: Path, todo: list, results, shard_size: int, padded_flags: dict[str, bool]
+                     ) -> tuple[dict[str, tuple[str, int]], list[tuple[str, str]]]:
+    """Write computed items in shards of `shard_size` as results arrive; return their locations and the failures."""
+    locations: dict[str, tuple[str, int]] = {}
+    failed: list[tuple[str, str]] = []
+    keys: list[str] = []
+    tensors_list: list[dict[str, np.ndarray]] = []
+
+    def flush() -> None:
+        if keys:
+            name = _write_shard(cache_dir, keys, tensors_list)
+            locations.update({key: (name, offset) for offset, key in enumerate(keys)})
+            keys.clear()
+            tensors_list.clear()
+
     for (it, key), (tensors, padded, error) in zip(todo, results):
         if tensors is None:
             failed.append((it.source, f"cache: {error}"))
             continue
-        done_keys.append(key)
-        done_tensors.append(tensors)
+        keys.append(key)
+        tensors_list.append(tensors)
         padded_flags[key] = padded
-        if len(done_keys) >= settings.shard_size:
+        if len(keys) >= shard_size:
             flush()
     flush()
-    rows = []
-    failed_sources = {s for s, _ in failed}
-    for it, key in zip(items, keys):
-        if it.source in failed_sources and key not in known:
-            continue
-        shard, offset = known.get(key) or new_locations[key]
-        row = asdict(it)
-        row.update(key=key, shard=shard, offset=offset, padded=bool(padded_flags.get(key, False)))
-        rows.append(row)
-    columns = list(asdict(items[0]).keys()) + ["key", "shard", "offset", "padded"] if items else ["id", "key", "shard", "offset"]
-    frame = pd.DataFrame(rows, columns=columns)
-    unchanged = old is not None and old.reset_index(drop=True).equals(frame.reset_index(drop=True))
-    if not unchanged:
-        with atomic_path(manifest_path) as tmp:
+    return locations, failed
+
+
+def _manifest_row(item: CacheItem, key: str, location: tuple[str, int], padded: bool) -> dict:
+    shard, offset = location
+    return {**asdict(item), "key": key, "shard": shard, "offset": offset, "padded": bool(padded)}
+
+
+def _replace_manifest(cache_dir: Path, old: pd.DataFrame | None, frame: pd.DataFrame) -> None:
+    """Write the manifest atomically when it changed, then delete shards it no longer refers to."""
+    if old is None or not old.reset_index(drop=True).equals(frame.reset_index(drop=True)):
+        with atomic_path(cache_dir / MANIFEST) as tmp:
             frame.to_parquet(tmp, index=False)
     referenced = set(frame["shard"]) if len(frame) else set()
     for shard in cache_dir.glob("shard-*.safetensors"):
         if shard.name not in referenced:
             shard.unlink()
-    return CacheResult(manifest_path, computed=len(todo) - len(failed), reused=len(items) - len(todo), failed=failed,
-                       padded={row["source"]: row["padded"] for row in rows})
 
 
 def read_manifest(cache_dir: str | Path) -> pd.DataFrame:

@@ -6,7 +6,7 @@ for --params/--set/--device. A step's module is imported only when that step run
     tinyveo prepare --source data/raw --annotations data/raw/annotations.json --out data
     tinyveo train --data data --out checkpoints          # = train-vae, encode-latents, train-denoiser
     tinyveo generate --checkpoint checkpoints --prompt "A red circle moves left to right with a low tone" --out gen
-    tinyveo evaluate --checkpoint checkpoints --holdout data --out outputs/eval
+    tinyveo evaluate --checkpoint checkpoints --data data --out outputs/eval
     torchrun --nproc_per_node 2 -m tasks.cli train --data data --out checkpoints   # DDP (gloo on CPU)
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ examples:
   tinyveo train --data data --out checkpoints [--resume] [--set train.denoiser_steps=500]
   tinyveo generate --checkpoint checkpoints --prompt "A red circle moves left to right with a low tone" --out gen
   tinyveo generate --checkpoint checkpoints --prompts prompts.txt --out gen --sampler ddim --steps 50
-  tinyveo evaluate --checkpoint checkpoints --holdout data --out outputs/eval
+  tinyveo evaluate --checkpoint checkpoints --data data --out outputs/eval
   tinyveo smoke                      # check the install: every model's loss goes down
 
 Hyperparameters come from params.yaml; override any with --set group.key=value.
@@ -90,11 +90,13 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder written by `tinyveo train`")
+    p.add_argument("--checkpoint", help="checkpoint folder written by `tinyveo train`")
+    p.add_argument("--reference", action="store_true",
+                   help="score the real clips of --data instead of generating (what a perfect model scores)")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--holdout", help="data folder written by `tinyveo prepare` (uses its held-out combinations)")
+    source.add_argument("--data", help="data folder written by `tinyveo prepare`: scores its eval.splits (val, test)")
     source.add_argument("--prompts", help="prompts file: text or JSONL ('prompt', optional 'attributes', 'image')")
-    p.add_argument("--out", required=True, help="output folder: metrics.json, accuracy.tsv, samples/")
+    p.add_argument("--out", required=True, help="output folder: metrics.json, scores.tsv, samples/")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
 
 
@@ -121,7 +123,7 @@ COMMANDS: dict[str, Command] = {
     "train": Command("train-vae, encode-latents and train-denoiser in one go", _stage_args, "tasks.cli:run_train"),
     "generate": Command("prompt(s) (+ optional first-frame image) -> mp4 with sound, wav and frame-grid png",
                         _generate_args, "tasks.cli:run_generate"),
-    "evaluate": Command("generate for held-out prompts -> metrics.json (accuracy, CLIP score, LPIPS, PSNR/SSIM) + MLflow",
+    "evaluate": Command("generate for the val/test prompts and score them strictly -> metrics.json (+ CLIP, LPIPS, PSNR) + MLflow",
                         _evaluate_args, "tasks.cli:run_evaluate"),
     "smoke": Command("run a few optimisation steps of every model on random tensors (checks an install)",
                      _smoke_args, "tasks.cli:run_smoke"),
@@ -135,8 +137,9 @@ def run_synth(args: argparse.Namespace, params) -> int:
 
     path = synth(args.out, params.data, workers=args.workers)
     records = json.loads(path.read_text(encoding="utf-8"))
-    holdout = sum(r["split"] == "holdout" for r in records)
-    print(f"wrote {len(records)} clips ({holdout} holdout, {sum('image_path' in r for r in records)} with images) -> {path}")
+    splits = {s: sum(r["split"] == s for r in records) for s in ("train", "val", "test")}
+    print(f"wrote {len(records)} {params.data.world} clips ({', '.join(f'{n} {s}' for s, n in splits.items())}; "
+          f"{sum('image_path' in r for r in records)} with images) -> {path}")
     return 0
 
 
@@ -232,8 +235,8 @@ def run_generate(args: argparse.Namespace, params) -> int:
 def run_evaluate(args: argparse.Namespace, params) -> int:
     from .evaluate import evaluate, print_report
 
-    metrics = evaluate(args.checkpoint, args.out, params, holdout=args.holdout, prompts=args.prompts,
-                       device=args.device, track=False if args.no_mlflow else None)
+    metrics = evaluate(args.checkpoint, args.out, params, data=args.data, prompts=args.prompts,
+                       reference=args.reference, device=args.device, track=False if args.no_mlflow else None)
     print_report(metrics)
     print(f"wrote {Path(args.out) / 'metrics.json'}")
     return 0

@@ -1,19 +1,21 @@
-"""`tinyveo evaluate`: generate for held-out prompts and measure, into metrics.json and MLflow.
+"""`tinyveo evaluate`: generate for held-out prompts and score them, into metrics.json and MLflow.
 
-    tinyveo evaluate --checkpoint checkpoints --holdout data --out outputs/eval
+    tinyveo evaluate --checkpoint checkpoints --data data --out outputs/eval          # splits in eval.splits
+    tinyveo evaluate --reference --data data --out outputs/eval_reference            # the real clips, scored
     tinyveo evaluate --checkpoint checkpoints --prompts prompts.jsonl --out outputs/eval
 
-With --holdout DATA (a folder written by `tinyveo prepare`) the prompts are the captions of the
-held-out attribute combinations; their attributes are known, so the analytic detectors give
-attribute accuracy per attribute and all-four-correct (chance levels beside them), and the held-out
-clips give VAE reconstruction PSNR/SSIM and a reference for the audio/visual onset offset. Held-out
-i2v items are also generated from their first frame, for LPIPS(first generated frame, input image).
-With --prompts FILE (text or JSONL), accuracy is measured for JSONL lines that carry `attributes`.
+With --data DATA (a folder written by `tinyveo prepare`) every split in `eval.splits` (val, test) is
+one group: its captions are generated and the strict scorer (`tasks/score/`) scores each clip
+against the split's ground-truth scene, per object (color, shape, motion, pitch), per clip (count,
+all correct) and per event (impact sound within one frame), with the majority-guess and
+shuffled-prompt baselines beside. Tune on val; the test split is what a run reports. --reference
+feeds the cached real clips through the same scorer instead of generating (a perfect model's
+score: the scorer's own check). With --prompts FILE, JSONL lines with `attributes` are scored.
 
-Each metric family is one function over the generated set that returns its numbers or
-{"status": "not computed", "reason": ...}. CLIP score needs local CLIP weights (eval.clip_path, or
-conditioning.clip_path with the clip backend). LPIPS says which backbone ran: offline the ImageNet
-backbone is usually absent and a random one is used, which is a plumbing check only.
+Each metric family is one function over a group that returns its numbers or {"status": "not
+computed", "reason": ...}: scene scores, CLIP score (local CLIP weights only), i2v (LPIPS to the
+input image; scored on motion and pitch only, which the first frame does not give away), VAE
+reconstruction (test clips). LPIPS says which backbone ran: offline a random one is a plumbing check.
 """
 from __future__ import annotations
 
@@ -31,12 +33,15 @@ from model import ConditioningEncoder, resize_image
 
 from .cache import MultiModalDataset
 from .checkpoint import DENOISER_DIR, load_pipeline, write_json
-from .detect import CHANCE, detect_all
-from .metrics import attribute_accuracy, av_offset_frames, clip_score, lpips_distance, psnr, ssim
+from .metrics import clip_score, lpips_distance, psnr, ssim
 from .params import Params, flatten
 from .runtime import UserError
 from .samples import PromptSpec, generate_batches, load_image, read_prompts, sample_settings, slug, write_sample
+from .score import ATTRIBUTES, score_tensors
 from .tracking import Tracker
+from .worlds import scene_from_attributes
+
+I2V_ATTRIBUTES = ("motion", "pitch")   # the input image shows color, shape and where the object starts
 
 
 def not_computed(reason: str) -> dict[str, str]:
@@ -45,87 +50,72 @@ def not_computed(reason: str) -> dict[str, str]:
 
 @dataclass
 class EvalSet:
-    """One evaluation's prompts and what was generated for them."""
+    """One group of prompts (a split, or a prompts file) and what was generated for them."""
 
-    pipe: Any
+    name: str
+    pipe: Any                              # None with --reference
     params: Params
     settings: dict[str, Any]
     specs: list[PromptSpec]
     samples_dir: Path
-    cache: dict[str, torch.Tensor] | None = None   # the held-out items' cached tensors (--holdout)
+    cache: dict[str, torch.Tensor] | None = None   # the split's cached tensors (--data)
     manifest: Any = None
     videos: list[torch.Tensor] = field(default_factory=list)
     audios: list[np.ndarray] = field(default_factory=list)
-    detected: list[dict[str, str]] = field(default_factory=list)
-    expected: list[dict[str, str]] = field(default_factory=list)
 
 
-def holdout_specs(data_dir: str | Path, limit: int) -> tuple[list[PromptSpec], dict[str, torch.Tensor], Any, str]:
-    """Held-out prompts from a prepared data folder: (specs, their cache tensors, manifest rows, split name)."""
+def split_specs(data_dir: str | Path, split: str, limit: int) -> tuple[list[PromptSpec], dict[str, torch.Tensor], Any]:
+    """The first `limit` items of a split of a prepared data folder: (prompts, their cached tensors, manifest rows)."""
     dataset = MultiModalDataset(Path(data_dir) / "cache")
-    manifest, split = dataset.manifest, "holdout"
-    rows = manifest.index[manifest["split"].fillna("train") == "holdout"].tolist()
-    if not rows:  # a dataset without held-out combinations: evaluate on (seen) training prompts, and say so
-        split, rows = "train", manifest.index.tolist()
-    rows = rows[:limit]
-    specs = []
-    for r in rows:
-        attrs = manifest.at[r, "attributes"]
-        attrs = json.loads(attrs) if isinstance(attrs, str) and attrs else None
-        specs.append(PromptSpec(str(manifest.at[r, "caption"]), None, attrs, {"row": int(r)}))
-    selected = {k: v[torch.tensor(rows)] for k, v in dataset.tensors().items()}
-    return specs, selected, manifest.loc[rows].reset_index(drop=True), split
+    manifest = dataset.manifest
+    rows = manifest.index[manifest["split"].fillna("train") == split].tolist()[:limit]
+    if not rows:
+        raise UserError(f"{data_dir}: no items in split {split!r} (splits there: "
+                        f"{', '.join(sorted(set(manifest['split'].fillna('train'))))})")
+    specs = [PromptSpec(str(manifest.at[r, "caption"]), None, scene_from_attributes(manifest.at[r, "attributes"]),
+                        {"row": int(r)}) for r in rows]
+    return specs, {k: v[torch.tensor(rows)] for k, v in dataset.tensors().items()}, manifest.loc[rows].reset_index(drop=True)
 
 
 def generate_t2v(run: EvalSet, progress: bool) -> None:
-    """Every text-only prompt once; attributes detected where the prompt has them; the first few saved."""
+    """Every text-only prompt once (or, with --reference, the real clip); the first few saved."""
     e = run.params.eval
+    if run.pipe is None:
+        run.videos = [v.float() / 255 for v in run.cache["video_upsampled"]]
+        run.audios = [a[0].float().numpy() for a in run.cache["audio"]]
+        return
     t2v = [PromptSpec(s.prompt, None, s.attributes, s.extra) for s in run.specs if not s.image]
     for group, result in generate_batches(run.pipe, t2v, run.settings, run.params.seed, e.batch_size, progress,
-                                          "evaluate t2v"):
+                                          f"evaluate {run.name}"):
         for row, spec in enumerate(group):
-            audio = result.audio[row].numpy()
             run.videos.append(result.video[row])
-            run.audios.append(audio)
-            if spec.attributes:
-                run.detected.append(detect_all(result.video[row].permute(1, 2, 3, 0).numpy(), audio, result.sample_rate))
-                run.expected.append(spec.attributes)
+            run.audios.append(result.audio[row].numpy())
             if len(run.videos) <= e.num_saved_samples:
-                write_sample(run.samples_dir, f"t2v-{len(run.videos):02d}-{slug(spec.prompt)}", result.video[row],
-                             result.audio[row], result.sample_rate, result.fps, spec.prompt)
+                write_sample(run.samples_dir, f"{run.name}-t2v-{len(run.videos):02d}-{slug(spec.prompt)}",
+                             result.video[row], result.audio[row], result.sample_rate, result.fps, spec.prompt)
 
 
-def attribute_metrics(run: EvalSet) -> dict[str, Any]:
-    if not run.expected:
-        return not_computed("no prompt carries attributes (use --holdout or JSONL with 'attributes')")
-    return {**attribute_accuracy(run.detected, run.expected, CHANCE), "count": len(run.expected)}
+def score_videos(run: EvalSet, videos, audios, specs, attributes=ATTRIBUTES) -> dict[str, Any]:
+    """The strict scorer over (video (3, F, H, W), audio) pairs whose prompts carry a scene."""
+    pairs = [(v, a, scene_from_attributes(s.attributes)) for v, a, s in zip(videos, audios, specs)]
+    pairs = [p for p in pairs if p[2] is not None]
+    if not pairs:
+        return not_computed("no prompt carries a scene (use --data, or JSONL lines with 'attributes')")
+    v, a, scenes = zip(*pairs)
+    c = run.params.cache
+    return {**score_tensors(v, a, scenes, c.window_s, c.sample_rate, attributes, run.params.seed),
+            "attributes": list(attributes)}
 
 
-def _summaries(values: list[float]) -> dict[str, float] | None:
-    finite = [v for v in values if v is not None and not math.isnan(v)]
-    if not finite:
-        return None
-    return {"mean": float(np.mean(finite)), "mean_abs": float(np.mean(np.abs(finite))), "count": len(finite)}
-
-
-def sync_metrics(run: EvalSet) -> dict[str, Any]:
-    """Audio onset minus motion onset (frames): generated clips, and the real held-out clips for reference."""
-    sr, fps = run.pipe.audio_vae.config.sample_rate, run.pipe.fps
-    offsets = [av_offset_frames(v.permute(1, 2, 3, 0).numpy(), a, sr, fps) for v, a in zip(run.videos, run.audios)]
-    out: dict[str, Any] = {"generated_offset_frames": _summaries([float(o) for o in offsets if o is not None])
-                           or not_computed("no clip has both a motion and an audio onset")}
-    if run.cache is not None:
-        real = [av_offset_frames(run.cache["video_upsampled"][i].permute(1, 2, 3, 0).numpy(),
-                                 run.cache["audio"][i, 0].float().numpy(), sr, fps) for i in range(len(run.manifest))]
-        out["real_offset_frames"] = _summaries([float(o) for o in real if o is not None])
-    out["note"] = ("audio onset (first frame at half the peak RMS) minus motion onset (first frame the foreground "
-                   "centroid moves), in frames; the built-in clips start both at frame 0")
-    return out
+def scene_metrics(run: EvalSet) -> dict[str, Any]:
+    return score_videos(run, run.videos, run.audios, [s for s in run.specs if not s.image])
 
 
 def clip_metrics(run: EvalSet) -> dict[str, Any]:
     e, c = run.params.eval, run.params.conditioning
     clip_path = e.clip_path or (c.clip_path if c.backend == "clip" else None)
+    if run.pipe is None:
+        return not_computed("reference run: nothing generated")
     if not clip_path or not run.videos:
         return not_computed("no CLIP weights configured (set eval.clip_path, or conditioning.backend=clip with "
                             "conditioning.clip_path, to a local CLIP folder)")
@@ -152,26 +142,24 @@ def i2v_items(run: EvalSet) -> tuple[list[PromptSpec], list[torch.Tensor]]:
 
 
 def i2v_metrics(run: EvalSet) -> dict[str, Any]:
-    """LPIPS(first generated frame, input image), and attribute accuracy of i2v clips."""
-    specs, images = i2v_items(run)
+    """LPIPS(first generated frame, input image), and the scene score on what the image does not show."""
+    specs, images = i2v_items(run) if run.pipe is not None else ([], [])
     if not specs:
-        return not_computed("no image-to-video prompts")
+        return not_computed("no image-to-video prompts" if run.pipe is not None else "reference run: nothing generated")
     e, pipe = run.params.eval, run.pipe
     size = pipe.video_vae.config.spatial_downsample * pipe.upsampler.config.video_latent_shape[-1]
-    firsts, inputs, detected, expected = [], [], [], []
+    firsts, inputs, videos, audios = [], [], [], []
     for k in range(0, len(specs), e.batch_size):
         group = specs[k:k + e.batch_size]
         imgs = torch.stack([resize_image(im[None], size)[0] for im in images[k:k + e.batch_size]])
         result = pipe.generate_content([s.prompt for s in group], imgs, seed=run.params.seed + 1000 + k, **run.settings)
         firsts.append(result.video[:, :, 0])
         inputs.append(imgs)
+        videos += list(result.video)
+        audios += [a.numpy() for a in result.audio]
         for row, spec in enumerate(group):
-            if spec.attributes:
-                detected.append(detect_all(result.video[row].permute(1, 2, 3, 0).numpy(), result.audio[row].numpy(),
-                                           result.sample_rate))
-                expected.append(spec.attributes)
             if k + row < min(e.num_saved_samples, 4):
-                write_sample(run.samples_dir, f"i2v-{k + row + 1:02d}-{slug(spec.prompt)}", result.video[row],
+                write_sample(run.samples_dir, f"{run.name}-i2v-{k + row + 1:02d}-{slug(spec.prompt)}", result.video[row],
                              result.audio[row], result.sample_rate, result.fps, spec.prompt)
     distances, backbone = lpips_distance(torch.cat(firsts), torch.cat(inputs), e.lpips_net)
     out: dict[str, Any] = {"lpips" if backbone == "pretrained" else "lpips_random_backbone": float(np.mean(distances)),
@@ -180,16 +168,16 @@ def i2v_metrics(run: EvalSet) -> dict[str, Any]:
     if backbone != "pretrained":
         out["note"] = ("the ImageNet backbone weights are not in the torch hub cache, so LPIPS ran with a random "
                        "backbone: a plumbing check, not an LPIPS figure")
-    if expected:
-        out["attribute_accuracy"] = attribute_accuracy(detected, expected, CHANCE)
+    out["scene"] = score_videos(run, videos, audios, specs, I2V_ATTRIBUTES)
+    out["scene_note"] = "scored on motion, pitch and impacts only: the input image shows color, shape and the start"
     return out
 
 
 @torch.no_grad()
 def vae_metrics(run: EvalSet) -> dict[str, Any]:
     """Reconstruction PSNR/SSIM of held-out clips through the VideoVAE; log-mel L1 through the AudioVAE."""
-    if run.cache is None:
-        return not_computed("needs --holdout (held-out clips)")
+    if run.cache is None or run.pipe is None:
+        return not_computed("needs --data (held-out clips) and a checkpoint")
     n, vae, audio_vae = run.params.eval.num_vae_clips, run.pipe.video_vae, run.pipe.audio_vae
     out: dict[str, Any] = {}
     for name in ("base", "upsampled"):
@@ -204,43 +192,68 @@ def vae_metrics(run: EvalSet) -> dict[str, Any]:
 
 
 METRICS: list[tuple[str, Callable[[EvalSet], dict[str, Any]]]] = [
-    ("attribute_accuracy", attribute_metrics), ("av_sync", sync_metrics), ("clip_score", clip_metrics),
-    ("i2v", i2v_metrics), ("vae_reconstruction", vae_metrics),
+    ("scene", scene_metrics), ("clip_score", clip_metrics), ("i2v", i2v_metrics), ("vae_reconstruction", vae_metrics),
 ]
 
 
-def evaluate(checkpoint: str | Path, out: str | Path, params: Params, *, holdout: str | Path | None = None,
-             prompts: str | Path | None = None, device: str | None = None, progress: bool = True,
-             track: bool | None = None) -> dict[str, Any]:
-    """Generate, measure, write OUT/metrics.json (+ accuracy.tsv, samples/) and log to MLflow."""
-    if (holdout is None) == (prompts is None):
-        raise UserError("give exactly one of --holdout DATA_DIR or --prompts FILE")
+def evaluate(checkpoint: str | Path | None, out: str | Path, params: Params, *, data: str | Path | None = None,
+             prompts: str | Path | None = None, reference: bool = False, device: str | None = None,
+             progress: bool = True, track: bool | None = None) -> dict[str, Any]:
+    """Generate (or, with `reference`, take the real clips), score, write OUT/metrics.json (+ scores.tsv,
+    samples/) and log to MLflow. One group per split in `eval.splits` (with `data`) or one for `prompts`."""
+    if (data is None) == (prompts is None):
+        raise UserError("give exactly one of --data DATA_DIR or --prompts FILE")
+    if reference and data is None:
+        raise UserError("--reference scores the real clips of --data DATA_DIR")
+    if checkpoint is None and not reference:
+        raise UserError("give --checkpoint (or --reference to score the real clips)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings = sample_settings(params.sample)
-    pipe, _ = load_pipeline(checkpoint, device)
-    run = EvalSet(pipe, params, settings, [], out / "samples")
-    metrics: dict[str, Any] = {"checkpoint": str(checkpoint), "sampling": {**settings, "seed": params.seed}}
-    if holdout is not None:
-        run.specs, run.cache, run.manifest, split = holdout_specs(holdout, params.eval.num_prompts)
-        metrics["prompts"] = {"source": f"{holdout} ({split} split)", "count": len(run.specs)}
-    else:
-        run.specs = read_prompts(prompts)[: params.eval.num_prompts]
-        metrics["prompts"] = {"source": str(prompts), "count": len(run.specs)}
-    generate_t2v(run, progress)
-    metrics.update({name: fn(run) for name, fn in METRICS})
+    pipe = None if reference else load_pipeline(checkpoint, device)[0]
+    metrics: dict[str, Any] = {"checkpoint": None if reference else str(checkpoint), "reference": reference,
+                               "sampling": None if reference else {**settings, "seed": params.seed}, "splits": {}}
+    for run in _groups(pipe, params, settings, out, data, prompts):
+        generate_t2v(run, progress)
+        group = {"prompts": {"source": str(data or prompts), "count": len(run.specs)}}
+        group.update({name: fn(run) for name, fn in METRICS if name != "vae_reconstruction"})
+        metrics["splits"][run.name] = group
+        if run.name == "test" or run.name == "prompts":
+            metrics["vae_reconstruction"] = vae_metrics(run)
     write_outputs(out, metrics)
-    if track if track is not None else params.train.mlflow:
+    if not reference and (track if track is not None else params.train.mlflow):
         log_to_mlflow(checkpoint, out, metrics, params)
     return json.loads(json.dumps(metrics))
 
 
+def _groups(pipe, params: Params, settings: dict[str, Any], out: Path, data, prompts):
+    """One EvalSet per split of `data` named in eval.splits, or one for the prompts file."""
+    e = params.eval
+    if prompts is not None:
+        yield EvalSet("prompts", pipe, params, settings, read_prompts(prompts)[: e.num_prompts], out / "samples")
+        return
+    for split in e.splits:
+        specs, cache, manifest = split_specs(data, split, e.num_prompts)
+        yield EvalSet(split, pipe, params, settings, specs, out / "samples", cache, manifest)
+
+
+SCORE_COLUMNS = ("color", "shape", "motion", "pitch", "object_all", "count", "all_correct")
+
+
 def write_outputs(out: Path, metrics: dict[str, Any]) -> None:
-    acc = metrics["attribute_accuracy"]
-    if "status" not in acc:
-        lines = ["attribute\taccuracy\tchance"] + [f"{k}\t{v['accuracy']:.4f}\t{v['chance']:.4f}"
-                                                   for k, v in acc.items() if isinstance(v, dict)]
-        (out / "accuracy.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    """metrics.json, and scores.tsv: one row per split with the scores and both baselines (the DVC plot)."""
+    lines = ["split\tkind\t" + "\t".join(SCORE_COLUMNS) + "\tsync_recall\tsync_precision\tsync_offset_ms"]
+    for split, group in metrics["splits"].items():
+        scene = group.get("scene", {})
+        if "status" in scene:
+            continue
+        rows = [("model", scene)] + list(scene.get("baselines", {}).items())
+        for kind, values in rows:
+            sync = values.get("sync", {})
+            cells = [values.get(c) for c in SCORE_COLUMNS] + [sync.get("recall"), sync.get("precision"),
+                                                              sync.get("offset_ms_mean_abs")]
+            lines.append(f"{split}\t{kind}\t" + "\t".join("" if v is None else f"{v:.4f}" for v in cells))
+    (out / "scores.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     write_json(out / "metrics.json", json.loads(json.dumps(metrics)))
 
 
@@ -265,8 +278,8 @@ def log_to_mlflow(checkpoint: str | Path, out: Path, metrics: dict[str, Any], pa
         groups = params.to_dict()
         sample_eval = {"sample": groups["sample"], "eval": groups["eval"]}
         mlflow.log_params({f"eval_{k}": str(v)[:500] for k, v in flatten(sample_eval).items()})
-        mlflow.log_metrics(flatten_numbers({k: v for k, v in metrics.items() if k not in ("sampling", "prompts")}))
-        for name in ("metrics.json", "accuracy.tsv"):
+        mlflow.log_metrics(flatten_numbers({k: v for k, v in metrics.items() if k != "sampling"}))
+        for name in ("metrics.json", "scores.tsv"):
             if (out / name).exists():
                 mlflow.log_artifact(str(out / name), "evaluation")
         if (out / "samples").is_dir():
@@ -275,11 +288,19 @@ def log_to_mlflow(checkpoint: str | Path, out: Path, metrics: dict[str, Any], pa
 
 
 def print_report(metrics: dict[str, Any]) -> None:
-    acc = metrics.get("attribute_accuracy", {})
-    if "status" not in acc:
-        print(f"attribute accuracy on {acc.get('count')} prompts ({metrics['prompts']['source']}):")
-        for k, v in acc.items():
-            if isinstance(v, dict):
-                print(f"  {k:<10} {v['accuracy']:.3f}   (chance {v['chance']:.3f})")
-    for key in ("clip_score", "i2v", "vae_reconstruction", "av_sync"):
-        print(f"{key}: {json.dumps(metrics.get(key))}")
+    """Per split: the scores beside the majority and shuffled baselines, then the other metrics."""
+    for split, group in metrics["splits"].items():
+        scene = group.get("scene", {})
+        print(f"{split} ({group['prompts']['count']} prompts):")
+        if "status" in scene:
+            print(f"  scene: {scene['reason']}")
+        else:
+            base = scene.get("baselines", {})
+            print(f"  {'':<12}{'model':>8}{'majority':>10}{'shuffled':>10}")
+            for key in SCORE_COLUMNS:
+                cells = [scene.get(key), base.get("majority", {}).get(key), base.get("shuffled", {}).get(key)]
+                print(f"  {key:<12}" + "".join(f"{'-' if v is None else f'{v:.3f}':>{w}}" for v, w in zip(cells, (8, 10, 10))))
+            print(f"  sync: {json.dumps(scene['sync'])}")
+        for key in ("clip_score", "i2v"):
+            print(f"  {key}: {json.dumps(group.get(key))}")
+    print(f"vae_reconstruction: {json.dumps(metrics.get('vae_reconstruction'))}")

@@ -1,5 +1,5 @@
-"""Evaluation metrics as plain functions on tensors: reconstruction PSNR/SSIM, CLIP score, LPIPS,
-attribute accuracy, and the audio/visual onset offset.
+"""Evaluation metrics as plain functions on tensors: reconstruction PSNR/SSIM, CLIP score, LPIPS
+(the built-in worlds' strict scorer is tasks/score/).
 
 Conventions: video (B, 3, F, H, W) and images (B, 3, H, W) in [0, 1]; audio (B, N) in [-1, 1].
 """
@@ -103,53 +103,3 @@ def lpips_distance(x: torch.Tensor, y: torch.Tensor, net: str = "alex") -> tuple
     with torch.no_grad():
         d = model(x.float() * 2 - 1, y.float() * 2 - 1).reshape(-1)
     return [float(v) for v in d], ("pretrained" if pretrained else "random")
-
-
-# ---- attributes and sync -------------------------------------------------------------------------
-
-def attribute_accuracy(detected: Sequence[dict[str, str]], expected: Sequence[dict[str, str]],
-                       chance: dict[str, float]) -> dict[str, Any]:
-    """Accuracy per attribute and all-correct, with chance levels beside them."""
-    if not expected:
-        return {}
-    out: dict[str, Any] = {}
-    for key in chance:
-        hits = [d.get(key) == e.get(key) for d, e in zip(detected, expected)]
-        out[key] = {"accuracy": float(np.mean(hits)), "chance": round(chance[key], 4)}
-    every = [all(d.get(k) == e.get(k) for k in chance) for d, e in zip(detected, expected)]
-    out["all_four" if len(chance) == 4 else "all"] = {"accuracy": float(np.mean(every)),
-                                                      "chance": round(float(np.prod(list(chance.values()))), 4)}
-    return out
-
-
-def audio_onset_frame(audio: np.ndarray, sample_rate: int, fps: float, threshold: float = 0.5) -> int | None:
-    """The first video frame whose audio RMS reaches `threshold` of the clip's peak frame RMS."""
-    hop = int(round(sample_rate / fps))
-    n = len(audio) // hop
-    if n == 0:
-        return None
-    rms = np.sqrt((np.asarray(audio[: n * hop], dtype=np.float64).reshape(n, hop) ** 2).mean(axis=1))
-    if rms.max() <= 1e-6:
-        return None
-    return int(np.argmax(rms >= threshold * rms.max()))
-
-
-def motion_onset_frame(frames: np.ndarray, min_shift_px: float = 0.5) -> int | None:
-    """The first frame at which the foreground centroid has moved `min_shift_px` from its previous
-    position, i.e. the frame where motion begins (0 when it moves from the start)."""
-    from .detect import foreground
-
-    centres = []
-    for f in frames:
-        ys, xs = np.nonzero(foreground(f))
-        centres.append((xs.mean(), ys.mean()) if len(ys) else (math.nan, math.nan))
-    c = np.asarray(centres)
-    steps = np.linalg.norm(np.diff(c, axis=0), axis=1)
-    moving = np.nonzero(np.nan_to_num(steps, nan=0.0) >= min_shift_px)[0]
-    return int(moving[0]) if len(moving) else None
-
-
-def av_offset_frames(frames: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float) -> int | None:
-    """Audio onset minus motion onset, in video frames (None when either has no onset)."""
-    a, m = audio_onset_frame(audio, sample_rate, fps), motion_onset_frame(frames)
-    return None if a is None or m is None else a - m

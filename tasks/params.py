@@ -32,18 +32,20 @@ class ParamsError(ValueError):
 
 @dataclass(frozen=True)
 class DataParams:
+    world: str = "events"
     synth_num_clips: int = 600
     synth_seed: int = 0
     synth_size: int = 128
-    synth_fps: int = 24
+    synth_fps: int = 32
     synth_duration_s: float = 2.5
     synth_sample_rate: int = 44100
     synth_i2v_fraction: float = 0.25
+    synth_held_out_fraction: float = 0.1
 
 
 @dataclass(frozen=True)
 class CacheParams:
-    num_frames: int = 16
+    num_frames: int = 32
     window_s: float = 2.0
     base_size: int = 32
     upsampled_size: int = 64
@@ -66,7 +68,7 @@ class ConditioningParams:
     backend: str = "minilm"
     minilm_path: str | None = None
     clip_path: str | None = None
-    max_text_tokens: int = 24
+    max_text_tokens: int = 48
     token_layer: int = 2
 
 
@@ -126,6 +128,7 @@ class SampleParams:
 
 @dataclass(frozen=True)
 class EvalParams:
+    splits: tuple[str, ...] = ("val", "test")
     num_prompts: int = 48
     num_i2v: int = 8
     num_vae_clips: int = 48
@@ -197,6 +200,11 @@ def _coerce(kind: Any, value: Any, where: str) -> Any:
         raise ParamsError(f"{where}: expected a group of keys, got {value!r}")
     if typing.get_origin(kind) is tuple:
         items = typing.get_args(kind)
+        if len(items) == 2 and items[1] is Ellipsis:  # tuple[X, ...]: any length; "a,b" from --set
+            value = value.split(",") if isinstance(value, str) else value
+            if not isinstance(value, (list, tuple)):
+                raise ParamsError(f"{where}: expected a list, got {value!r}")
+            items = (items[0],) * len(value)
         if not isinstance(value, (list, tuple)) or len(value) != len(items):
             raise ParamsError(f"{where}: expected a list of {len(items)} values, got {value!r}")
         return tuple(_coerce(k, v, f"{where}[{i}]") for i, (k, v) in enumerate(zip(items, value)))

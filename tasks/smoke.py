@@ -4,13 +4,14 @@ Checks an install end to end (VAEs, conditioning encoder, base denoiser, upsampl
 schedules) in well under a minute, and asserts that each model's loss on a fixed evaluation draw
 goes down. It proves the plumbing learns; it is not a quality measure.
 
-    python -m tasks.smoke [--steps N] [--set group.key=value ...]
+    tinyveo smoke [--steps N] [--set group.key=value ...]
 """
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -55,54 +56,21 @@ def run_smoke(
     start = time.perf_counter()
     seed_everything(seed)
     dev = pick_device(device)
-    cond_p = params.conditioning
-    if use_text_encoder:
-        encoder = ConditioningEncoder.from_params(cond_p)
-        encoder.to(dev)
-        captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(batch_size)]
-        context = encoder.get_text_embeds(captions)
-        context_dim = encoder.text_dim
-    else:
-        context_dim = 384
-        gen = torch.Generator().manual_seed(seed)
-        tokens = torch.randn(batch_size, cond_p.max_text_tokens, context_dim, generator=gen)
-        mask = torch.ones(batch_size, tokens.shape[1], dtype=torch.bool)
-        context = TextEmbedding(tokens.mean(1), tokens, mask).to(dev)
-    cfg = from_params(params, context_dim=context_dim)
-    diff = params.diffusion
-    scheduler, up_scheduler = noise_schedulers(diff)
-
-    g = torch.Generator().manual_seed(seed + 1)
-    video_base = torch.rand(batch_size, 3, cfg.num_frames, cfg.base_size, cfg.base_size, generator=g).to(dev)
-    audio = (torch.rand(batch_size, 1, cfg.audio_vae.num_samples, generator=g) * 2 - 1).to(dev)
-    base_latent = torch.randn(batch_size, *cfg.base.video_latent_shape, generator=g).to(dev)
-    audio_latent = torch.randn(batch_size, *cfg.base.audio_latent_shape, generator=g).to(dev)
-    up_latent = torch.randn(batch_size, *cfg.upsampler.video_latent_shape, generator=g).to(dev)
-
-    video_vae, audio_vae = VideoVAE(cfg.video_vae).to(dev), AudioVAE(cfg.audio_vae).to(dev)
-    base, upsampler = JointDenoisingTransformer(cfg.base).to(dev), JointDenoisingTransformer(cfg.upsampler).to(dev)
-    max_aug, dropout = diff.upsampler_max_noise_aug, diff.cond_dropout
-
-    def losses(eval_seed: int | None) -> dict[str, torch.Tensor]:
-        gen = torch.Generator().manual_seed(eval_seed) if eval_seed is not None else None
-        recon_v, dist_v = video_vae(video_base, gen)
-        recon_a, target_a, dist_a = audio_vae(audio, gen)
-        b = base_denoiser_loss(base, scheduler, base_latent, audio_latent, DenoiserInputs(context), dropout, gen)
-        return {
-            "video_vae": torch.nn.functional.mse_loss(recon_v, video_base) + cfg.video_vae.kl_weight * dist_v.kl(),
-            "audio_vae": torch.nn.functional.mse_loss(recon_a, target_a) + cfg.audio_vae.kl_weight * dist_a.kl(),
-            "base": b.total,
-            "upsampler": upsampler_loss(upsampler, up_scheduler, up_latent, base_latent, DenoiserInputs(context), max_aug,
-                                        dropout, gen),
-        }
+    context = _smoke_context(params, batch_size, seed, use_text_encoder, dev)
+    cfg = from_params(params, context_dim=context.tokens.shape[-1])
+    data = _smoke_tensors(cfg, batch_size, seed, dev)
+    models = {"video_vae": VideoVAE(cfg.video_vae).to(dev), "audio_vae": AudioVAE(cfg.audio_vae).to(dev),
+              "base": JointDenoisingTransformer(cfg.base).to(dev),
+              "upsampler": JointDenoisingTransformer(cfg.upsampler).to(dev)}
+    losses = partial(_smoke_losses, models, data, DenoiserInputs(context), cfg, params.diffusion,
+                     noise_schedulers(params.diffusion))
 
     def evaluate() -> dict[str, float]:
         with torch.no_grad():
             return {k: float(v) for k, v in losses(seed + 2).items()}
 
     result = SmokeResult(before=evaluate())
-    modules = [video_vae, audio_vae, base, upsampler]
-    params_all = [p for m in modules for p in m.parameters()]
+    params_all = [p for m in models.values() for p in m.parameters()]
     optimizer = make_optimizer(params_all, params.train.lr, params.train.weight_decay)
     train_gen = torch.Generator().manual_seed(seed + 3)
     for _ in tqdm(range(steps), desc="smoke", disable=not progress, unit="step"):
@@ -114,6 +82,48 @@ def run_smoke(
     result.after = evaluate()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _smoke_context(params: Params, batch_size: int, seed: int, use_text_encoder: bool, dev) -> TextEmbedding:
+    """Caption embeddings from the real encoder, or random token states of MiniLM's width without it."""
+    if use_text_encoder:
+        encoder = ConditioningEncoder.from_params(params.conditioning).to(dev)
+        return encoder.get_text_embeds([CAPTIONS[i % len(CAPTIONS)] for i in range(batch_size)])
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(batch_size, params.conditioning.max_text_tokens, 384, generator=gen)
+    mask = torch.ones(batch_size, tokens.shape[1], dtype=torch.bool)
+    return TextEmbedding(tokens.mean(1), tokens, mask).to(dev)
+
+
+def _smoke_tensors(cfg, batch_size: int, seed: int, dev) -> dict[str, torch.Tensor]:
+    """Random clips, waveforms and latents of the configured shapes."""
+    g = torch.Generator().manual_seed(seed + 1)
+    shapes = {"video": (3, cfg.num_frames, cfg.base_size, cfg.base_size), "audio": (1, cfg.audio_vae.num_samples)}
+    data = {"video": torch.rand(batch_size, *shapes["video"], generator=g),
+            "audio": torch.rand(batch_size, *shapes["audio"], generator=g) * 2 - 1}
+    for name, shape in (("base_latent", cfg.base.video_latent_shape), ("audio_latent", cfg.base.audio_latent_shape),
+                        ("up_latent", cfg.upsampler.video_latent_shape)):
+        data[name] = torch.randn(batch_size, *shape, generator=g)
+    return {k: v.to(dev) for k, v in data.items()}
+
+
+def _smoke_losses(models: dict, data: dict, inputs: DenoiserInputs, cfg, diff, schedulers, eval_seed: int | None
+                  ) -> dict[str, torch.Tensor]:
+    """Every model's training loss on the fixed tensors (noise drawn from `eval_seed`)."""
+    gen = torch.Generator().manual_seed(eval_seed) if eval_seed is not None else None
+    scheduler, up_scheduler = schedulers
+    recon_v, dist_v = models["video_vae"](data["video"], gen)
+    recon_a, target_a, dist_a = models["audio_vae"](data["audio"], gen)
+    mse = torch.nn.functional.mse_loss
+    base = base_denoiser_loss(models["base"], scheduler, data["base_latent"], data["audio_latent"], inputs,
+                              diff.cond_dropout, gen)
+    return {
+        "video_vae": mse(recon_v, data["video"]) + cfg.video_vae.kl_weight * dist_v.kl(),
+        "audio_vae": mse(recon_a, target_a) + cfg.audio_vae.kl_weight * dist_a.kl(),
+        "base": base.total,
+        "upsampler": upsampler_loss(models["upsampler"], up_scheduler, data["up_latent"], data["base_latent"], inputs,
+                                    diff.upsampler_max_noise_aug, diff.cond_dropout, gen),
+    }
 
 
 def report_smoke(result: SmokeResult, steps: int, batch: int, out: str | None = None) -> int:

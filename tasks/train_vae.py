@@ -58,7 +58,7 @@ def scale_and_measure(video_vae: VideoVAE, audio_vae: AudioVAE, data: dict[str, 
     sample = torch.tensor(rows[: min(len(rows), 128)])
     video_vae.set_scaling_factor(video_vae.encode_dist(data["video_base"][sample].to(device).float() / 255).mode())
     audio_vae.set_scaling_factor(audio_vae.encode_dist(data["audio"][sample].to(device).float()).mode())
-    held = [i for i, s in enumerate(manifest["split"].fillna("train")) if s == "holdout"][:64] or rows[:64]
+    held = [i for i, s in enumerate(manifest["split"].fillna("train")) if s == "val"][:64] or rows[:64]
     hv = data["video_base"][held].to(device).float() / 255
     hu = data["video_upsampled"][held[:16]].to(device).float() / 255
     ha = data["audio"][held].to(device).float()

@@ -268,10 +268,13 @@ def dataset_hash(manifest) -> str:
     return hashlib.sha256("|".join(manifest["key"]).encode()).hexdigest()[:16]
 
 
+HELD_OUT = ("val", "test")
+
+
 def training_rows(manifest) -> list[int]:
-    """Manifest rows the models train on: everything but the held-out combinations (all rows when
-    the dataset marks none as held out)."""
-    return [i for i, s in enumerate(manifest["split"].fillna("train")) if s != "holdout"] or list(range(len(manifest)))
+    """Manifest rows the models train on: everything but the val and test splits (all rows when the
+    dataset marks none as held out)."""
+    return [i for i, s in enumerate(manifest["split"].fillna("train")) if s not in HELD_OUT] or list(range(len(manifest)))
 
 
 @contextmanager

@@ -28,8 +28,9 @@ TINY_OVERRIDES = [
     "conditioning.max_text_tokens=8",
 ]
 
-# The article's layout: video latent (4, F/2, H/8, W/8) = (4, 8, 4, 4) at 32x32, patches (2, 2, 2).
+# The article's layout: 16 frames, video latent (4, F/2, H/8, W/8) = (4, 8, 4, 4) at 32x32, patches (2, 2, 2).
 ARTICLE_OVERRIDES = TINY_OVERRIDES + [
+    "cache.num_frames=16",
     "vae.video.spatial_downsample=8",
     "denoiser.base.video_patch=[2,2,2]",
     "denoiser.upsampler.video_patch=[2,2,2]",

@@ -1,4 +1,4 @@
-"""Data pipeline: synth, detectors, ingest safety, probe/filter, audio extraction, pairs, tensor
+"""Data pipeline: synth, ingest safety, probe/filter, audio extraction, pairs, tensor
 cache and MultiModalDataset, on real media files (ffmpeg from imageio-ffmpeg, no network)."""
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import pytest
 
 from tasks.cache import CacheSettings, write_cache
 from tasks.params import CacheParams
-from tasks.detect import detect_clip
 from tasks.ingest import AnnotationError, ingest, read_annotations
 from tasks.media import decode_video, read_wav
 from tasks.prepare import prepare
@@ -65,21 +64,10 @@ def test_synth_records_follow_the_article_format(synth_dir):
     assert len(records) == 48
     for r in records:
         assert {"video_path", "summary", "attributes", "split"} <= set(r)
-        assert r["split"] in {"train", "holdout"}
+        assert r["split"] in {"train", "val", "test"}
     assert any("image_path" in r for r in records)
     frames, times = decode_video(synth_dir / records[0]["video_path"])
-    assert frames.shape[1:] == (128, 128, 3) and abs(times[-1] - 2.5) < 0.1
-
-
-def test_detectors_recover_attributes_from_decoded_mp4(synth_dir):
-    records = json.loads((synth_dir / "annotations.json").read_text())
-    correct = {k: 0 for k in ("color", "shape", "direction", "pitch")}
-    for r in records:
-        found = detect_clip(synth_dir / r["video_path"])
-        for k in correct:
-            correct[k] += found[k] == r["attributes"][k]
-    for k, n in correct.items():
-        assert n / len(records) >= 0.99, (k, n)
+    assert frames.shape[1:] == (128, 128, 3) and abs(times[-1] - 2.5) < 0.1 and len(frames) == 80   # 32 fps
 
 
 # --- ingest -------------------------------------------------------------------------------------
@@ -246,12 +234,12 @@ def test_dataset_reads_the_cache_with_worker_processes(prepared):
     ds = MultiModalDataset(out / "cache")
     assert len(ds) == len(report.kept)
     item = ds[0]
-    assert item["video_base"].shape == (3, 16, 32, 32) and item["video_upsampled"].shape == (3, 16, 64, 64)
+    assert item["video_base"].shape == (3, 32, 32, 32) and item["video_upsampled"].shape == (3, 32, 64, 64)
     assert item["audio"].shape == (1, 32000) and item["input_image_base"].shape == (3, 32, 32)
     assert 0 <= float(item["video_base"].min()) and float(item["video_base"].max()) <= 1
     assert float(item["audio"].abs().max()) == pytest.approx(1.0, abs=1e-3)  # peak-normalised
     batch = next(iter(DataLoader(ds, batch_size=4, num_workers=2)))
-    assert batch["video_base"].shape == (4, 3, 16, 32, 32) and len(batch["raw_caption"]) == 4
+    assert batch["video_base"].shape == (4, 3, 32, 32, 32) and len(batch["raw_caption"]) == 4
     i2v = [i for i in range(len(ds)) if ds[i]["modality"] == "i2v"]
     assert i2v and float(ds[i2v[0]]["input_image_base"].max()) > 0
 

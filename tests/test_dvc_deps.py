@@ -11,6 +11,14 @@ ROOT = Path(__file__).resolve().parent.parent
 CLI = ROOT / "tasks" / "cli.py"
 
 
+def lazy_exports(package_init: Path) -> dict[str, str]:
+    """A package's PEP 562 table (`_EXPORTS = {name: submodule}`), empty when it has none."""
+    for node in ast.parse(package_init.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "_EXPORTS" for t in node.targets):
+            return ast.literal_eval(node.value)
+    return {}
+
+
 def local_imports(path: Path) -> set[Path]:
     """Files of model/, tasks/ and flows/ whose code `path` imports, directly or not."""
     seen: set[Path] = set()
@@ -32,12 +40,16 @@ def local_imports(path: Path) -> set[Path]:
                 base = tuple((node.module or "").split(".")) if node.module else ()
                 if node.level:
                     base = package[: len(package) - node.level + 1] + base
-                names = [base] + [base + (a.name,) for a in node.names]
+                init = ROOT.joinpath(*base) / "__init__.py" if base else None
+                lazy = lazy_exports(init) if init is not None and init.is_file() else {}
+                names = [base] + [base + (lazy.get(a.name, a.name),) for a in node.names]
             for parts in names:
                 if not parts or parts[0] not in ("model", "tasks", "flows"):
                     continue
-                # `from model.config import X` depends on model/config.py; `from model import X` on model/__init__.py
-                for candidate in (ROOT.joinpath(*parts).with_suffix(".py"), ROOT.joinpath(*parts) / "__init__.py"):
+                # `from model.config import X` depends on model/config.py; `from model import X` on model/__init__.py;
+                # importing any module runs the __init__.py of every package above it
+                packages = [ROOT.joinpath(*parts[:k]) / "__init__.py" for k in range(1, len(parts) + 1)]
+                for candidate in [ROOT.joinpath(*parts).with_suffix(".py"), *packages]:
                     if candidate.is_file():
                         todo.append(candidate)
     return seen
@@ -68,4 +80,8 @@ def test_every_stage_lists_every_module_it_imports():
 
 def test_the_derivation_sees_relative_and_package_imports():
     found = {str(p.relative_to(ROOT)) for p in local_imports(ROOT / "tasks" / "train_vae.py")}
-    assert {"tasks/training.py", "tasks/checkpoint.py", "model/precision.py", "model/vae.py"} <= found
+    assert {"tasks/training.py", "tasks/checkpoint.py", "model/precision.py", "model/vae.py", "tasks/__init__.py"} <= found
+    synth = {str(p.relative_to(ROOT)) for p in local_imports(ROOT / "tasks" / "synth.py")}
+    assert "tasks/worlds/events.py" in synth and "model/denoiser.py" not in synth
+    scored = {str(p.relative_to(ROOT)) for p in local_imports(ROOT / "tasks" / "evaluate.py")}
+    assert {"tasks/score/__init__.py", "tasks/score/motion.py", "tasks/worlds/common.py"} <= scored

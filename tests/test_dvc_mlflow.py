@@ -63,7 +63,7 @@ def test_dvc_repro_runs_every_stage_then_only_what_changed(project):
     for stage in ("synth", "prepare", "train_vae", "encode_latents", "train_denoiser", "generate", "evaluate", "smoke"):
         assert f"Running stage '{stage}'" in first, stage
     metrics = json.loads((root / "outputs" / "eval" / "metrics.json").read_text())
-    assert metrics["attribute_accuracy"]["count"] >= 1
+    assert metrics["splits"]["test"]["scene"]["clips"] >= 1
     assert (root / "checkpoints" / "denoiser" / "latest").exists() and (root / "outputs" / "samples" / "samples.jsonl").exists()
     again = sh(["dvc", "repro"], root, env)
     assert "Running stage" not in again and ("up to date" in again or "didn't change" in again), again
@@ -85,7 +85,7 @@ def test_dvc_repro_runs_every_stage_then_only_what_changed(project):
     assert "train_vae:" in status and "synth:" not in status, status
     precision.write_text(precision.read_text().removesuffix("\n# edited\n"))
     shown = sh(["dvc", "metrics", "show"], root, env)
-    assert "attribute_accuracy.color.accuracy" in shown and "outputs/eval/metrics.json" in shown
+    assert "splits.test.scene.all_correct" in shown and "outputs/eval/metrics.json" in shown
     sh(["git", "add", "-A"], root, env)
     sh(["git", "commit", "-qm", "denoiser_steps"], root, env)
     exp = sh(["dvc", "exp", "run", "-S", "train.denoiser_steps=12"], root, env, timeout=900)
@@ -120,7 +120,7 @@ def test_mlflow_ui_compares_the_two_pipeline_runs(project):
 
         exp = api("experiments/get-by-name?experiment_name=tinyveo")["experiment"]
         runs = api("runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
-        evaluated = [r for r in runs if any(m["key"] == "attribute_accuracy.color.accuracy" for m in r["data"].get("metrics", []))]
+        evaluated = [r for r in runs if any(m["key"] == "splits.test.scene.all_correct" for m in r["data"].get("metrics", []))]
         # The first repro (8 denoiser steps) and the 10-step re-run: the exp run adds a third.
         assert len(evaluated) >= 2, [r["info"]["run_name"] for r in runs]
         pair = evaluated[:2]

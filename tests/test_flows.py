@@ -35,7 +35,7 @@ def test_pipeline_cli_runs_end_to_end_and_the_second_run_reuses_per_clip_work(tm
     first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     metrics = json.loads((tmp_path / "outputs" / "eval" / "metrics.json").read_text())
-    assert metrics["attribute_accuracy"]["count"] >= 1
+    assert metrics["splits"]["test"]["scene"]["clips"] >= 1
     assert len(list((tmp_path / "outputs" / "samples").glob("*.mp4"))) == 6
     assert (tmp_path / "checkpoints" / "denoiser" / "latest").exists()
     log = first.stdout + first.stderr
@@ -100,7 +100,7 @@ def test_served_deployment_runs_through_a_real_prefect_server(tmp_path):
         assert run.returncode == 0 and "Completed" in out, out[-3000:] + (tmp_path / "serve.log").read_text()[-3000:]
         assert "temporary server" not in out  # the CLI talked to the server this test started
         metrics = json.loads((tmp_path / "outputs" / "eval" / "metrics.json").read_text())
-        assert "attribute_accuracy" in metrics and (tmp_path / "checkpoints" / "vae" / "video_vae.safetensors").exists()
+        assert "scene" in metrics["splits"]["test"] and (tmp_path / "checkpoints" / "vae" / "video_vae.safetensors").exists()
     finally:
         if served is not None:
             stop_process_group(served)

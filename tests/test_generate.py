@@ -13,6 +13,7 @@ import torch
 from tasks.cli import main as cli_main
 from tasks.checkpoint import load_pipeline
 from tasks.generate import generate
+from tasks.runtime import UserError
 from tasks.samples import PromptSpec, read_prompts
 from tasks.params import load_params
 from tasks.runtime import UserError
@@ -30,8 +31,8 @@ def test_generate_content_shapes_ranges_and_seed(pipe):
     a = pipe.generate_content(PROMPTS, steps=3, guidance=4.0, sampler="dpm", seed=1, decode_base=True)
     b = pipe.generate_content(PROMPTS, steps=3, guidance=4.0, sampler="dpm", seed=1)
     c = pipe.generate_content(PROMPTS, steps=3, guidance=4.0, sampler="dpm", seed=2)
-    assert a.video.shape == (2, 3, 16, 64, 64) and a.base_video.shape == (2, 3, 16, 32, 32)
-    assert a.audio.shape == (2, 32000) and a.sample_rate == 16000 and a.fps == 8.0
+    assert a.video.shape == (2, 3, 32, 64, 64) and a.base_video.shape == (2, 3, 32, 32, 32)
+    assert a.audio.shape == (2, 32000) and a.sample_rate == 16000 and a.fps == 16.0
     assert 0 <= float(a.video.min()) and float(a.video.max()) <= 1
     assert -1 <= float(a.audio.min()) and float(a.audio.max()) <= 1 and float(a.audio.abs().max()) > 0.5
     assert torch.equal(a.video, b.video) and torch.equal(a.audio, b.audio)
@@ -89,7 +90,7 @@ def test_generate_writes_mp4_with_aac_wav_png_and_is_reproducible(trained_checkp
     assert (info["n_video"], info["n_audio"]) == (1, 1)
     assert (info["vcodec"], info["acodec"]) == ("h264", "aac")
     assert abs(info["duration"] - 2.0) < 0.15, info["duration"]
-    assert info["frames"].shape == (16, 256, 256, 3)
+    assert info["frames"].shape == (32, 256, 256, 3)
     assert np.array_equal(info["frames"], _probe(Path(again[0]["mp4"]))["frames"])
     wave, sr = sf.read(rec["wav"])
     assert sr == 16000 and wave.shape == (32000,)
@@ -167,29 +168,38 @@ def test_evaluate_reports_every_metric(trained_checkpoint, prepared_data, tiny_c
     from tasks.evaluate import evaluate
 
     params = load_params(overrides=FAST + [f"eval.clip_path={tiny_clip_dir}"])
-    m = evaluate(trained_checkpoint, tmp_path / "eval", params, holdout=prepared_data, progress=False, track=False)
+    m = evaluate(trained_checkpoint, tmp_path / "eval", params, data=prepared_data, progress=False, track=False)
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == json.loads(json.dumps(m))
-    acc = m["attribute_accuracy"]
-    assert acc["count"] == m["prompts"]["count"] > 0
-    for key, chance in [("color", 0.25), ("shape", 0.3333), ("direction", 0.25), ("pitch", 0.3333)]:
-        assert 0.0 <= acc[key]["accuracy"] <= 1.0 and acc[key]["chance"] == chance
-    assert acc["all_four"]["chance"] == round(1 / 144, 4)
-    assert (tmp_path / "eval" / "accuracy.tsv").read_text().startswith("attribute\taccuracy\tchance\n")
-    clip = m["clip_score"]
-    assert -1.0 <= clip["raw_cosine"] <= 1.0 and clip["torchmetrics"] >= 0 and clip["frames_per_clip"] == 16
-    i2v = m["i2v"]
+    assert list(m["splits"]) == ["val", "test"]
+    for split, group in m["splits"].items():
+        scene = group["scene"]
+        assert scene["clips"] == group["prompts"]["count"] > 0 and scene["objects"] >= scene["clips"]
+        for key in ("color", "shape", "motion", "pitch", "object_all", "count", "all_correct"):
+            assert 0.0 <= scene[key] <= 1.0
+            assert 0.0 <= scene["baselines"]["majority"][key] <= 1.0
+            assert 0.0 <= scene["baselines"]["shuffled"][key] <= 1.0
+        assert {"recall", "precision", "offset_ms_mean_abs"} <= set(scene["sync"])
+        clip = group["clip_score"]
+        assert -1.0 <= clip["raw_cosine"] <= 1.0 and clip["torchmetrics"] >= 0 and clip["frames_per_clip"] == 32
+    tsv = (tmp_path / "eval" / "scores.tsv").read_text().splitlines()
+    assert tsv[0].startswith("split\tkind\tcolor") and len(tsv) == 1 + 2 * 3
+    i2v = next(g["i2v"] for g in m["splits"].values() if "status" not in g["i2v"])
     assert i2v["count"] >= 1 and i2v["lpips_backbone"] in ("pretrained", "random")
     name = "lpips" if i2v["lpips_backbone"] == "pretrained" else "lpips_random_backbone"
     assert i2v[name] >= 0 and ("lpips" not in i2v or i2v["lpips_backbone"] == "pretrained")
+    assert i2v["scene"]["attributes"] == ["motion", "pitch"] and "color" not in i2v["scene"]
     vae = m["vae_reconstruction"]
     assert vae["video_psnr_base"] > 5 and -1 <= vae["video_ssim_base"] <= 1 and vae["audio_logmel_l1"] >= 0
-    assert m["av_sync"]["real_offset_frames"]["mean_abs"] == 0.0
     assert any(p.suffix == ".mp4" for p in (tmp_path / "eval" / "samples").iterdir())
 
     no_clip = evaluate(trained_checkpoint, tmp_path / "eval2", load_params(overrides=FAST + ["eval.num_i2v=0"]),
-                       holdout=prepared_data, progress=False, track=False)
-    assert no_clip["clip_score"]["status"] == "not computed" and "clip_path" in no_clip["clip_score"]["reason"]
-    assert no_clip["i2v"]["status"] == "not computed"
+                       data=prepared_data, progress=False, track=False)
+    for group in no_clip["splits"].values():
+        assert group["clip_score"]["status"] == "not computed" and "clip_path" in group["clip_score"]["reason"]
+        assert group["i2v"]["status"] == "not computed"
+    with pytest.raises(UserError, match="no items in split 'nope'"):
+        evaluate(trained_checkpoint, tmp_path / "eval3", load_params(overrides=FAST + ["eval.splits=nope"]),
+                 data=prepared_data, progress=False, track=False)
 
 
 def test_evaluate_from_a_prompts_file_logs_to_mlflow(trained_checkpoint, tmp_path, monkeypatch):
@@ -204,12 +214,12 @@ def test_evaluate_from_a_prompts_file_logs_to_mlflow(trained_checkpoint, tmp_pat
                                                                         "direction": "left-to-right", "pitch": "low"}}) + "\n")
     m = evaluate(trained_checkpoint, tmp_path / "eval", load_params(overrides=FAST),
                  prompts=prompts, progress=False, track=True)
-    assert m["attribute_accuracy"]["count"] == 1
+    assert m["splits"]["prompts"]["scene"]["clips"] == 1
     assert m["vae_reconstruction"]["status"] == "not computed"
     client = mlflow.MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("tinyveo").experiment_id])
     assert len(runs) == 1
-    assert "attribute_accuracy.color.accuracy" in runs[0].data.metrics
+    assert "splits.prompts.scene.all_correct" in runs[0].data.metrics
     logged = {a.path for a in client.list_artifacts(runs[0].info.run_id, "evaluation")}
     assert {"evaluation/metrics.json", "evaluation/samples"} <= logged
 
@@ -234,19 +244,3 @@ def test_reconstruction_metrics():
     noisy = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
     assert ssim(x, noisy) < 0.95 and 15 < psnr(x, noisy) < 25
     assert psnr(torch.zeros(1, 3, 8, 8), torch.full((1, 3, 8, 8), 0.1)) == pytest.approx(20.0, abs=1e-4)
-
-
-def test_attribute_accuracy_and_av_offset_on_built_in_clips():
-    from tasks.detect import CHANCE, detect_all
-    from tasks.metrics import attribute_accuracy, av_offset_frames
-    from tasks.synth import plan, render_audio, render_frames
-
-    spec = plan(4, seed=0, i2v_fraction=0.0)[0]
-    frames = render_frames(spec, 64, 8, 2.0)
-    audio = render_audio(spec, 16000, 2.0)[:, 0]
-    found = detect_all(frames, audio, 16000)
-    acc = attribute_accuracy([found, {**found, "shape": "none"}], [spec.attributes, spec.attributes], CHANCE)
-    assert acc["color"]["accuracy"] == 1.0 and acc["shape"]["accuracy"] == 0.5 and acc["all_four"]["accuracy"] == 0.5
-    assert av_offset_frames(frames, audio, 16000, 8.0) == 0
-    late = np.concatenate([np.zeros(6000, np.float32), audio[:-6000]])   # 0.375 s = 3 frames late
-    assert av_offset_frames(frames, late, 16000, 8.0) == 3

@@ -196,7 +196,7 @@ def test_frozen_vaes_stay_bit_identical_through_a_denoiser_step(tiny_params):
     before = {k: v.clone() for k, v in vae.state_dict().items()}
     base = JointDenoisingTransformer(cfg.base)
     opt = torch.optim.AdamW(base.parameters(), lr=1e-3)
-    video = torch.rand(2, 3, 16, 32, 32)
+    video = torch.rand(2, 3, cfg.num_frames, cfg.base_size, cfg.base_size)
     latent = vae.encode(video)
     loss = base_denoiser_loss(base, make_noise_scheduler(), latent, torch.randn(2, *cfg.base.audio_latent_shape),
                               DenoiserInputs(random_context(2, cfg.base.max_text_tokens)))

@@ -85,9 +85,12 @@ def test_params_groups_and_flatten():
 
 
 def test_params_are_typed_and_the_defaults_are_the_shipped_model():
+    from model.config import ModelConfig, from_params
     from tasks.params import Params
 
     assert load_params() == Params()  # params.yaml and the dataclass defaults describe the same model
+    assert from_params(load_params()) == ModelConfig()   # ... and so do the model config's derived defaults
+    assert load_params(overrides=["eval.splits=test"]).eval.splits == ("test",)
     for bad, message in [("denoiser.base.dim=1.5", "denoiser.base.dim: expected int"),
                          ("train.mlflow=3", "train.mlflow: expected bool"),
                          ("sample.guidance_interval=[1]", "expected a list of 2")]:

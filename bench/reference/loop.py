@@ -24,8 +24,8 @@ import torch.optim as optim
 from torch.optim.lr_scheduler import CosineAnnealingLR
 from torch.utils.data import DataLoader
 
-from .article import (AUDIO_LATENT_CHANNELS, AUDIO_LATENT_SAMPLES, BASE_VIDEO_LATENT_H, BASE_VIDEO_LATENT_W, BATCH_SIZE,
-                      DENOISER_TIMESTEPS, GRADIENT_CLIP_NORM, INFERENCE_STEPS, LEARNING_RATE,
+from .article import (AUDIO_LATENT_CHANNELS, AUDIO_LATENT_SAMPLES, BASE_VIDEO_FRAMES, BASE_VIDEO_LATENT_H,
+                      BASE_VIDEO_LATENT_W, BATCH_SIZE, DENOISER_TIMESTEPS, GRADIENT_CLIP_NORM, INFERENCE_STEPS, LEARNING_RATE,
                       UPSAMPLED_VIDEO_LATENT_H, UPSAMPLED_VIDEO_LATENT_W, VIDEO_LATENT_CHANNELS, VIDEO_LATENT_FRAMES,
                       AudioVAE, JointDenoisingTransformer, ReferenceConfig, VideoVAE, preprocess_audio_tensor)
 
@@ -55,8 +55,11 @@ class ArticleModel(nn.Module):
 
 
 def article_item(item: dict) -> dict:
-    """tinyveo's cached item with the article's audio normalisation (peak to 1, per clip)."""
-    return {**item, "audio": preprocess_audio_tensor(item["audio"])}
+    """tinyveo's cached item with the article's 16 frames (evenly over the same window when the cache
+    holds more) and its audio normalisation (peak to 1, per clip)."""
+    stride = max(item["video_base"].shape[1] // BASE_VIDEO_FRAMES, 1)
+    frames = {k: item[k][:, ::stride][:, :BASE_VIDEO_FRAMES] for k in ("video_base", "video_upsampled")}
+    return {**item, **frames, "audio": preprocess_audio_tensor(item["audio"])}
 
 
 def collate(items: list[dict]) -> dict:
