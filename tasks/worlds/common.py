@@ -100,6 +100,20 @@ def draw(objects, positions, size: int) -> np.ndarray:
     return np.clip(frame, 0, 255).astype(np.uint8)
 
 
+def line_position(path: tuple, t: float, duration_s: float) -> tuple[float, float]:
+    """("line", x0, y0, x1, y1): from the start at t = 0 to the end at `duration_s`, at constant speed."""
+    _, x0, y0, x1, y1 = path
+    progress = min(max(t / duration_s, 0.0), 1.0)
+    return x0 + (x1 - x0) * progress, y0 + (y1 - y0) * progress
+
+
+def render_frames(spec: ClipSpec, size: int, fps: int, duration_s: float, position) -> np.ndarray:
+    """(T, size, size, 3) uint8 at `fps`; `position(obj, t, last)` places each object, last = the final frame's time."""
+    n = int(round(fps * duration_s))
+    last = (n - 1) / fps
+    return np.stack([draw(spec.objects, [position(o, i / fps, last) for o in spec.objects], size) for i in range(n)])
+
+
 def steady_tone(freq: float, n: int, sample_rate: int, amplitude: float, fade_s: float = 0.02) -> np.ndarray:
     """A sine at `freq` for the whole clip, with short fades so it has no click at either end."""
     t = np.arange(n) / sample_rate

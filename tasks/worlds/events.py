@@ -16,7 +16,8 @@ import random
 
 import numpy as np
 
-from .common import COLORS, PITCHES, SHAPES, ClipSpec, ObjectSpec, draw, impact_sound, steady_tone, stereo
+from . import common
+from .common import COLORS, PITCHES, SHAPES, ClipSpec, ObjectSpec, impact_sound, line_position, steady_tone, stereo
 
 MOTIONS = ("left-to-right", "right-to-left", "top-to-bottom", "bottom-to-top", "bounce")
 HORIZONTAL, VERTICAL = ("left-to-right", "right-to-left"), ("top-to-bottom", "bottom-to-top", "bounce")
@@ -157,15 +158,11 @@ def _bounce_height(path: tuple, t: float) -> float:
 def position(obj: ObjectSpec, t: float, duration_s: float) -> tuple[float, float]:
     if obj.path[0] == "bounce":
         return obj.path[1], obj.path[2] - _bounce_height(obj.path, t)
-    _, x0, y0, x1, y1 = obj.path
-    progress = min(max(t / duration_s, 0.0), 1.0)
-    return x0 + (x1 - x0) * progress, y0 + (y1 - y0) * progress
+    return line_position(obj.path, t, duration_s)
 
 
 def render_frames(spec: ClipSpec, size: int, fps: int, duration_s: float) -> np.ndarray:
-    n = int(round(fps * duration_s))
-    last = (n - 1) / fps
-    return np.stack([draw(spec.objects, [position(o, i / fps, last) for o in spec.objects], size) for i in range(n)])
+    return common.render_frames(spec, size, fps, duration_s, position)
 
 
 def render_audio(spec: ClipSpec, sample_rate: int, duration_s: float) -> np.ndarray:

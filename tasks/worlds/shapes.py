@@ -8,7 +8,8 @@ import random
 
 import numpy as np
 
-from .common import COLORS, DIRECTIONS, PITCHES, SHAPES, ClipSpec, ObjectSpec, draw, steady_tone, stereo
+from . import common
+from .common import COLORS, DIRECTIONS, PITCHES, SHAPES, ClipSpec, ObjectSpec, line_position, steady_tone, stereo
 
 DIRECTION_PHRASES = {
     "left-to-right": ["from left to right", "left to right", "rightward across the frame"],
@@ -71,16 +72,12 @@ def plan(num_clips: int, seed: int, i2v_fraction: float) -> list[ClipSpec]:
 
 
 def position(obj: ObjectSpec, t: float, duration_s: float) -> tuple[float, float]:
-    _, x0, y0, x1, y1 = obj.path
-    progress = min(max(t / duration_s, 0.0), 1.0)
-    return x0 + (x1 - x0) * progress, y0 + (y1 - y0) * progress
+    return line_position(obj.path, t, duration_s)
 
 
 def render_frames(spec: ClipSpec, size: int, fps: int, duration_s: float) -> np.ndarray:
     """(T, size, size, 3) uint8; the last frame shows the end of the path."""
-    n = int(round(fps * duration_s))
-    last = (n - 1) / fps
-    return np.stack([draw(spec.objects, [position(o, i / fps, last) for o in spec.objects], size) for i in range(n)])
+    return common.render_frames(spec, size, fps, duration_s, position)
 
 
 def render_audio(spec: ClipSpec, sample_rate: int, duration_s: float) -> np.ndarray:
