@@ -173,6 +173,14 @@ def test_two_blobs_of_one_color_and_speckle_are_wrong():
     assert not score(speckled, audio, scene).all_correct
 
 
+def test_an_object_of_the_wrong_size_is_wrong():
+    frames, audio, scene = rendered(one_object("left-to-right"))
+    obj = scene["objects"][0]
+    huge = frames.copy()
+    huge[:, 4:60, 4:60] = COLORS[obj["color"]]                              # a square filling most of the frame
+    assert not score(huge, audio, scene).objects[0]["color"]
+
+
 def test_static_and_smeared_objects_are_wrong():
     frames, audio, scene = rendered(one_object("top-to-bottom"))
     static = np.repeat(frames[:1], FRAMES, axis=0)

@@ -11,6 +11,7 @@ from ..worlds.common import BACKGROUND, COLORS, SHAPES, shape_mask
 MIN_ALPHA = 0.5            # a pixel belongs to a color when it is at least half that color over the background
 MAX_RESIDUAL = 40.0        # off the background-to-color line by more than this (0-255) is no palette color
 MIN_AREA = 0.01            # smallest object, as a fraction of the frame's pixels
+SIZE_RANGE = (0.02, 0.40)  # an object's area as a share of the frame (the worlds draw 0.03-0.25)
 MAX_STRAY = 0.05           # stray foreground pixels allowed, as a fraction of the objects' area (codec noise)
 MIN_IOU, MIN_MARGIN = 0.80, 0.04   # the best ideal shape must fit this well, and this much better than the next
 MAX_EDGE_WIDTH = 2.0       # soft-edge pixels per pixel of perimeter: a blurred or smeared object is wider
@@ -20,6 +21,7 @@ MAX_EDGE_WIDTH = 2.0       # soft-edge pixels per pixel of perimeter: a blurred 
 class FrameObject:
     color: str
     area: int
+    size: float            # area as a share of the frame
     x: float               # centroid, fraction of the frame
     y: float
     shape: str             # best-fitting ideal shape, or "none"
@@ -87,7 +89,7 @@ def frame_objects(frame: np.ndarray) -> tuple[list[FrameObject], int, dict[str, 
         mask = labels == main
         ys, xs = np.nonzero(mask)
         shape, iou, margin = fit_shape(mask)
-        objects.append(FrameObject(name, int(mask.sum()), (xs.mean() + 0.5) / w, (ys.mean() + 0.5) / h,
+        objects.append(FrameObject(name, int(mask.sum()), float(mask.sum()) / (h * w), (xs.mean() + 0.5) / w, (ys.mean() + 0.5) / h,
                                    shape if iou >= MIN_IOU and margin >= MIN_MARGIN else "none", iou,
                                    edge_width(alpha, mask)))
     return objects, stray, blobs

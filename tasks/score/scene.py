@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .motion import classify
-from .objects import MAX_EDGE_WIDTH, MAX_STRAY, frame_objects
+from .objects import MAX_EDGE_WIDTH, MAX_STRAY, SIZE_RANGE, frame_objects
 from .sound import SoundAnalysis, analyse_sound
 
 MIN_PRESENT = 0.9          # an object is in at least this share of the frames (a count needs half)
@@ -27,7 +27,7 @@ class Track:
     motion: str
     impacts: list[float]
     travel: float
-    clean: bool                    # one blob, little stray, in nearly every frame
+    clean: bool                    # one blob, little stray, a plausible size, in nearly every frame
 
 
 @dataclass
@@ -43,9 +43,10 @@ def _track(color: str, seen: list[tuple[float, Any]], n_frames: int, bad: int) -
     shapes = Counter(o.shape for _, o in seen)
     shape, votes = shapes.most_common(1)[0]
     motion, hits, travel = classify(ts, xs, ys)
+    size = float(np.median([o.size for _, o in seen]))
     return Track(color, len(seen) / n_frames, shape if votes >= MIN_SHAPE_SHARE * len(seen) else "none",
                  float(np.median([o.edge_width for _, o in seen])) <= MAX_EDGE_WIDTH, motion, hits, travel,
-                 bad <= MAX_BAD_FRAMES * n_frames)
+                 bad <= MAX_BAD_FRAMES * n_frames and SIZE_RANGE[0] <= size <= SIZE_RANGE[1])
 
 
 def analyse_clip(frames: np.ndarray, audio: np.ndarray, sample_rate: int, times: np.ndarray) -> ClipAnalysis:
