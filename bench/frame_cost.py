@@ -36,7 +36,7 @@ def make_step(frames: int, tokens: int):
     ctx = TextEmbedding(torch.randn(b, 384), torch.randn(b, tokens, 384), torch.ones(b, tokens, dtype=torch.bool))
     v_base, aud = torch.randn(b, *cfg.base.video_latent_shape), torch.randn(b, *cfg.base.audio_latent_shape)
     v_up = torch.randn(n_up, *cfg.upsampler.video_latent_shape)
-    amp = training_precision(t, torch.device("cpu"))
+    amp = ("cpu", training_precision(t, torch.device("cpu")))
     inputs, up_inputs = DenoiserInputs(ctx), DenoiserInputs(ctx).select(torch.arange(n_up))
 
     def step() -> None:

@@ -223,3 +223,14 @@ def test_onsets_are_found_within_a_few_ms():
     found = analyse_sound(audio, SR)
     assert found.steady == [] and set(found.onsets) == {"mid", "low"}
     assert np.allclose(found.onsets["mid"], times, atol=0.005) and np.allclose(found.onsets["low"], [1.05], atol=0.005)
+
+
+def test_a_glide_may_pause_but_not_jump_back_and_forth():
+    from tasks.score.motion import classify
+
+    ts = np.arange(16) / 8
+    stairs = np.repeat(np.linspace(0.25, 0.65, 8), 2)             # moves every second frame (frame-pair latents)
+    still = np.full(16, 0.5)
+    assert classify(ts, stairs, still)[0] == "left-to-right"
+    jitter = stairs + np.tile([0.0, -0.06], 8)                     # the same net travel, jumping back every frame
+    assert classify(ts, jitter, still)[0] == "none"

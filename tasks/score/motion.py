@@ -7,6 +7,8 @@ MIN_TRAVEL = 0.20          # a direction needs this much travel, as a fraction o
 MIN_FALL = 0.08            # an impact is a trajectory minimum after a fall of at least this much
 MIN_REBOUND = 0.04         # ... followed by a rebound of at least this much
 MAX_BOUNCE_DRIFT = 0.10    # a bouncing object stays in its column
+MAX_BACKSTEP = 0.01        # a step back along the direction larger than this (frame fraction) ...
+MAX_BACKSTEPS = 0.2        # ... in more than this share of the steps is jitter, not a glide
 
 
 def impacts(ts: np.ndarray, ys: np.ndarray) -> list[float]:
@@ -59,8 +61,8 @@ def classify(ts: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> tuple[str, list[
     major, minor = (dx, dy) if abs(dx) >= abs(dy) else (dy, dx)
     if abs(major) < MIN_TRAVEL or abs(minor) > 0.5 * abs(major) or hits:
         return "static" if abs(major) < MIN_TRAVEL and not hits else "none", hits, abs(major)
-    steps = np.diff(xs if abs(dx) >= abs(dy) else ys)
-    if np.mean(np.sign(steps) == np.sign(major)) < 0.6:   # a jittering object is not gliding
+    steps = np.diff(xs if abs(dx) >= abs(dy) else ys) * np.sign(major)
+    if np.mean(steps < -MAX_BACKSTEP) > MAX_BACKSTEPS:     # an object that jumps back and forth is not gliding
         return "none", hits, abs(major)
     if abs(dx) >= abs(dy):
         return ("left-to-right" if dx > 0 else "right-to-left"), [], abs(major)
