@@ -54,6 +54,7 @@ def _common() -> argparse.ArgumentParser:
 def _synth_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder for clips/, images/ and annotations.json")
     p.add_argument("--workers", type=int, default=2, help="parallel writer processes (default: 2)")
+    p.add_argument("--world", default=None, help="events (v2) or shapes (v1); default: data.world in params")
 
 
 def _prepare_args(p: argparse.ArgumentParser) -> None:
@@ -135,6 +136,8 @@ COMMANDS: dict[str, Command] = {
 def run_synth(args: argparse.Namespace, params) -> int:
     from .synth import synth
 
+    if args.world is not None:
+        params = params.replace("data.world", args.world)
     path = synth(args.out, params.data, workers=args.workers)
     records = json.loads(path.read_text(encoding="utf-8"))
     splits = {s: sum(r["split"] == s for r in records) for s in ("train", "val", "test")}

@@ -2,7 +2,7 @@
 moviepy) and `annotations.json`, whose records carry the caption, the split and the scene's ground
 truth (`tasks/worlds/`: `events`, the default, and `shapes`, the v1 regression world).
 
-    tinyveo synth --out data/raw [--set data.world=shapes] [--set data.synth_num_clips=600]
+    tinyveo synth --out data/raw [--world shapes] [--set data.synth_num_clips=600]
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from .runtime import process_pool
-from .worlds import ClipSpec, world
+from .runtime import UserError, process_pool
+from .worlds import WORLDS, ClipSpec, world
 
 if TYPE_CHECKING:  # writer processes import this module: no torch in them
     from .params import DataParams
@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # writer processes import this module: no torch in them
 
 def plan(data: DataParams) -> list[ClipSpec]:
     """The clip specs of `data.world` for these settings (deterministic in `data.synth_seed`)."""
+    if data.world not in WORLDS:
+        raise UserError(f"data.world: unknown world {data.world!r}; known: {', '.join(WORLDS)}")
     if data.world == "events":
         return world("events").plan(data.synth_num_clips, data.synth_seed, data.synth_i2v_fraction,
                                     data.synth_duration_s, data.synth_held_out_fraction)

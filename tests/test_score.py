@@ -234,3 +234,13 @@ def test_a_glide_may_pause_but_not_jump_back_and_forth():
     assert classify(ts, stairs, still)[0] == "left-to-right"
     jitter = stairs + np.tile([0.0, -0.06], 8)                     # the same net travel, jumping back every frame
     assert classify(ts, jitter, still)[0] == "none"
+
+
+def test_synth_cli_picks_the_world(tmp_path, capsys):
+    from tasks.cli import main as cli_main
+
+    assert cli_main(["synth", "--out", str(tmp_path / "bad"), "--world", "nope"]) == 2
+    assert "unknown world 'nope'; known: shapes, events" in capsys.readouterr().err
+    assert cli_main(["synth", "--out", str(tmp_path / "v1"), "--world", "shapes", "--set", "data.synth_num_clips=2"]) == 0
+    records = json.loads((tmp_path / "v1" / "annotations.json").read_text())
+    assert {r["attributes"]["world"] for r in records} == {"shapes"}
