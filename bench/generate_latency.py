@@ -54,7 +54,7 @@ def main() -> None:
     torch.manual_seed(0)
     pipe, _ = load_pipeline(args.checkpoint)
     split = "val"
-    specs, _, _ = split_specs(args.data, split, args.prompts)
+    specs, _, _ = split_specs(args.data, [split], args.prompts)[split]
     prompts = [s.prompt for s in specs]
     def parse(setting: str) -> tuple[str, int, int]:
         sampler, steps = setting.split(":")

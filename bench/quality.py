@@ -101,7 +101,7 @@ def main() -> None:
     torch.manual_seed(seed)
     ref_model = ArticleModel(encoder)
     ref_train = train_reference(ref_model, Path(args.data) / "cache", budget_s=budget, seed=seed)
-    specs, cache, _ = split_specs(args.data, "test", params.eval.num_prompts)
+    specs, cache, _ = split_specs(args.data, ["test"], params.eval.num_prompts)["test"]
     split = "test"
     vae_cache = {k: v[: params.eval.num_vae_clips] for k, v in cache.items()}
     ref = reference_metrics(ref_model, specs, vae_cache, params, params.eval.batch_size, seed)

@@ -64,17 +64,25 @@ class EvalSet:
     audios: list[np.ndarray] = field(default_factory=list)
 
 
-def split_specs(data_dir: str | Path, split: str, limit: int) -> tuple[list[PromptSpec], dict[str, torch.Tensor], Any]:
-    """The first `limit` items of a split of a prepared data folder: (prompts, their cached tensors, manifest rows)."""
+SplitItems = tuple[list[PromptSpec], dict[str, torch.Tensor], Any]   # prompts, their cached tensors, manifest rows
+
+
+def split_specs(data_dir: str | Path, splits, limit: int) -> dict[str, SplitItems]:
+    """Per split, its first `limit` items of a prepared data folder; the cache is read once for all."""
     dataset = MultiModalDataset(Path(data_dir) / "cache")
-    manifest = dataset.manifest
-    rows = manifest.index[manifest["split"].fillna("train") == split].tolist()[:limit]
-    if not rows:
-        raise UserError(f"{data_dir}: no items in split {split!r} (splits there: "
-                        f"{', '.join(sorted(set(manifest['split'].fillna('train'))))})")
-    specs = [PromptSpec(str(manifest.at[r, "caption"]), None, scene_from_attributes(manifest.at[r, "attributes"]),
-                        {"row": int(r)}) for r in rows]
-    return specs, {k: v[torch.tensor(rows)] for k, v in dataset.tensors().items()}, manifest.loc[rows].reset_index(drop=True)
+    manifest, names = dataset.manifest, dataset.manifest["split"].fillna("train")
+    chosen = {split: manifest.index[names == split].tolist()[:limit] for split in splits}
+    for split, rows in chosen.items():
+        if not rows:
+            raise UserError(f"{data_dir}: no items in split {split!r} (splits there: {', '.join(sorted(set(names)))})")
+    tensors = dataset.tensors()
+
+    def items(rows: list[int]) -> SplitItems:
+        specs = [PromptSpec(str(manifest.at[r, "caption"]), None, scene_from_attributes(manifest.at[r, "attributes"]),
+                            {"row": int(r)}) for r in rows]
+        return specs, {k: v[torch.tensor(rows)] for k, v in tensors.items()}, manifest.loc[rows].reset_index(drop=True)
+
+    return {split: items(rows) for split, rows in chosen.items()}
 
 
 def generate_t2v(run: EvalSet, progress: bool) -> None:
@@ -232,8 +240,7 @@ def _groups(pipe, params: Params, settings: dict[str, Any], out: Path, data, pro
     if prompts is not None:
         yield EvalSet("prompts", pipe, params, settings, read_prompts(prompts)[: e.num_prompts], out / "samples")
         return
-    for split in e.splits:
-        specs, cache, manifest = split_specs(data, split, e.num_prompts)
+    for split, (specs, cache, manifest) in split_specs(data, e.splits, e.num_prompts).items():
         yield EvalSet(split, pipe, params, settings, specs, out / "samples", cache, manifest)
 
 

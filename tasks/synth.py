@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from .runtime import UserError, process_pool
-from .worlds import WORLDS, ClipSpec, world
+from .runtime import process_pool
+from .worlds import ClipSpec, world
 
 if TYPE_CHECKING:  # writer processes import this module: no torch in them
     from .params import DataParams
@@ -24,8 +24,6 @@ if TYPE_CHECKING:  # writer processes import this module: no torch in them
 
 def plan(data: DataParams) -> list[ClipSpec]:
     """The clip specs of `data.world` for these settings (deterministic in `data.synth_seed`)."""
-    if data.world not in WORLDS:
-        raise UserError(f"data.world: unknown world {data.world!r}; known: {', '.join(WORLDS)}")
     if data.world == "events":
         return world("events").plan(data.synth_num_clips, data.synth_seed, data.synth_i2v_fraction,
                                     data.synth_duration_s, data.synth_held_out_fraction)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
+from ..runtime import UserError
 from . import events, shapes
 from .common import ClipSpec, scene_from_attributes
 
@@ -22,7 +23,7 @@ WORLDS: dict[str, ModuleType] = {"shapes": shapes, "events": events}
 
 def world(name: str) -> ModuleType:
     if name not in WORLDS:
-        raise ValueError(f"unknown world {name!r}; known: {', '.join(WORLDS)}")
+        raise UserError(f"data.world: unknown world {name!r}; known: {', '.join(WORLDS)}")
     return WORLDS[name]
 
 
