@@ -4,6 +4,13 @@ prompts, with the shuffled-prompt baseline beside, and VAE reconstruction PSNR, 
 
     scripts/env.sh python bench/quality.py --data data
     scripts/env.sh python bench/quality.py --data data --tinyveo-checkpoint checkpoints   # reuse a default run
+    scripts/env.sh python bench/quality.py --data data --curve-from checkpoints --curve-every 1500   # the curve
+
+--curve-from CKPT: quality vs training minutes of one default run. The denoiser stage is trained
+from CKPT's VAE and latents in chunks of --curve-every steps (resume is exact, so the chunks are one
+run with the full-length LR schedule), and the splits in eval.splits are scored after each chunk.
+Writes curve.tsv, curve.png and curve.json into --out; the minutes are training wall clock (the VAE
+stage as recorded in CKPT, plus the denoiser chunks so far), evaluation time excluded.
 
 Without --tinyveo-checkpoint, tinyveo is trained here with params.yaml (both stages) and its wall
 clock (data loading, VAE stage, latent cache, denoiser stage) becomes the reference's budget. With it,
@@ -49,6 +56,70 @@ def reference_metrics(model, specs, cache, params, batch: int, seed: int) -> dic
     return {"scene": acc, "vae_reconstruction": rec}
 
 
+CURVE_KEYS = ("color", "shape", "motion", "pitch", "count", "all_correct")
+
+
+def curve_rows(minutes: float, step: int, metrics: dict) -> list[dict]:
+    rows = []
+    for split, group in metrics["splits"].items():
+        scene = group["scene"]
+        rows.append({"minutes": round(minutes, 2), "step": step, "split": split,
+                     **{k: scene[k] for k in CURVE_KEYS}, "sync_recall": scene["sync"]["recall"],
+                     "sync_precision": scene["sync"]["precision"],
+                     "shuffled_all_correct": scene["baselines"]["shuffled"]["all_correct"]})
+    return rows
+
+
+def write_curve(out: Path, rows: list[dict], title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(rows[0])
+    lines = ["\t".join(keys)] + ["\t".join("" if r[k] is None else str(r[k]) for k in keys) for r in rows]
+    (out / "curve.tsv").write_text("\n".join(lines) + "\n")
+    (out / "curve.json").write_text(json.dumps(rows, indent=1) + "\n")
+    splits = sorted({r["split"] for r in rows})
+    fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 3.6), squeeze=False)
+    for ax, split in zip(axes[0], splits):
+        mine = [r for r in rows if r["split"] == split]
+        for key in (*CURVE_KEYS, "sync_recall", "sync_precision"):
+            ax.plot([r["minutes"] for r in mine], [r[key] or 0.0 for r in mine], marker="o", label=key)
+        ax.set(title=f"{split}: {title}", xlabel="training minutes", ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(out / "curve.png", dpi=110)
+    plt.close(fig)
+
+
+def quality_curve(data: str, source: Path, out: Path, params, every: int) -> list[dict]:
+    """Train the denoiser stage in chunks from SOURCE's VAE + latents; score eval.splits after each."""
+    import shutil
+
+    from tasks.evaluate import evaluate
+    from tasks.train_denoiser import train_denoiser
+
+    ckpt = out / "checkpoint"
+    for stage in ("vae", "latents"):
+        shutil.rmtree(ckpt / stage, ignore_errors=True)
+        shutil.copytree(source / stage, ckpt / stage)
+    minutes = json.loads((source / "vae" / "summary.json").read_text())["seconds"] / 60
+    rows: list[dict] = []
+    step, total = 0, params.train.denoiser_steps
+    while step < total:
+        t0 = time.perf_counter()
+        summary = train_denoiser(data, ckpt, params, resume=step > 0, stop_after=every, progress=False)
+        minutes += (time.perf_counter() - t0) / 60
+        step = summary["steps"]
+        metrics = evaluate(ckpt, out / f"eval-{step}", params, data=data, progress=False, track=False)
+        rows += curve_rows(minutes, step, metrics)
+        for r in rows[-len(metrics["splits"]):]:
+            print("  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()), flush=True)
+        write_curve(out, rows, f"{total} steps")
+    return rows
+
+
 def main() -> None:
     import torch
 
@@ -63,12 +134,19 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, help="override the reference's wall-clock budget (seconds)")
     parser.add_argument("--out", default="outputs/bench-quality", help="metrics of both models as JSON")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override (tinyveo)")
+    parser.add_argument("--curve-from", help="checkpoint folder whose vae/ and latents/ the curve's run starts from")
+    parser.add_argument("--curve-every", type=int, default=1500, help="denoiser steps between curve points")
     args = parser.parse_args()
 
     params = load_params(overrides=[*args.set, "train.mlflow=false"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seed = params.seed
+    if args.curve_from:
+        print(f"# quality vs training minutes  {platform.processor() or platform.machine()}, "
+              f"{torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
+        quality_curve(args.data, Path(args.curve_from), out, params, args.curve_every)
+        return
 
     tmp = tempfile.TemporaryDirectory()
     if args.tinyveo_checkpoint:

@@ -10,6 +10,11 @@ Fixes to the article:
   trained on noisy low-res latents and sampled on clean ones).
 - Video and audio latents are packed into one tensor per sample for the sampler, so multistep
   samplers (DPM-Solver++) keep one consistent history instead of being stepped twice per timestep.
+
+Two families of schedule share these functions: DDPM (prediction_type epsilon | v_prediction |
+sample, integer timesteps) and flow matching (prediction_type "flow": rectified flow, x_t =
+(1 - s) x0 + s noise, the model predicts noise - x0, timesteps s * num_train_timesteps as floats),
+sampled by DPM-Solver++ in flow mode or by FlowMatchEuler.
 """
 from __future__ import annotations
 
@@ -22,18 +27,39 @@ import torch.nn.functional as F
 from .denoiser import JointDenoisingTransformer
 from .inputs import DenoiserInputs
 
-SAMPLERS = ("ddpm", "ddim", "dpm")
+SAMPLERS = ("ddpm", "ddim", "dpm", "euler")
+FLOW = "flow"
 
 
 def make_noise_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2",
-                         prediction_type: str = "v_prediction"):
-    """The training scheduler (DDPM, as the article)."""
-    from diffusers import DDPMScheduler
+                         prediction_type: str = "v_prediction", flow_shift: float = 1.0):
+    """The training scheduler: DDPM (as the article), or FlowMatchEuler for prediction_type "flow"."""
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
+    if prediction_type == FLOW:
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=flow_shift)
     return DDPMScheduler(
         num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
         prediction_type=prediction_type, clip_sample=False,
     )
+
+
+def is_flow(scheduler) -> bool:
+    return not hasattr(scheduler, "alphas_cumprod")
+
+
+def _sigma(scheduler, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Flow matching: the noise share s of timesteps t, shaped to broadcast over `like`."""
+    s = t.to(like.device, torch.float32) / scheduler.config.num_train_timesteps
+    return s.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+def add_noise(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t of either family (the forward process)."""
+    if is_flow(scheduler):
+        s = _sigma(scheduler, t, x0)
+        return (1 - s) * x0 + s * noise
+    return scheduler.add_noise(x0, noise, t)
 
 
 def noise_schedulers(diffusion: Any) -> tuple[Any, Any]:
@@ -41,16 +67,26 @@ def noise_schedulers(diffusion: Any) -> tuple[Any, Any]:
     each model's own prediction target (`upsampler_prediction_type`, default the base's)."""
     kind = diffusion.prediction_type
     up_kind = diffusion.upsampler_prediction_type or kind
-    n, schedule = diffusion.num_train_timesteps, diffusion.beta_schedule
-    return make_noise_scheduler(n, schedule, kind), make_noise_scheduler(n, schedule, up_kind)
+    n, schedule, shift = diffusion.num_train_timesteps, diffusion.beta_schedule, diffusion.flow_shift
+    return make_noise_scheduler(n, schedule, kind, shift), make_noise_scheduler(n, schedule, up_kind, shift)
 
 
 def make_sampler(name: str, train_scheduler):
     """A fresh sampling scheduler sharing the training schedule. clip_sample stays off: latents are
     unit-variance, and clipping them to [-1, 1] breaks DDIM."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 
     config = dict(train_scheduler.config)
+    if is_flow(train_scheduler):
+        if name == "dpm":
+            return DPMSolverMultistepScheduler(num_train_timesteps=config["num_train_timesteps"], use_flow_sigmas=True,
+                                               prediction_type="flow_prediction", flow_shift=config["shift"],
+                                               algorithm_type="dpmsolver++", solver_order=2)
+        if name == "euler":
+            return FlowMatchEulerDiscreteScheduler.from_config(config)
+        raise ValueError(f"a flow-matching model samples with dpm or euler, got {name!r}")
+    if name == "euler":
+        raise ValueError("the euler sampler is for flow-matching models (diffusion.prediction_type: flow)")
     if name == "ddpm":
         return DDPMScheduler.from_config(config, clip_sample=False)
     if name == "ddim":
@@ -61,6 +97,8 @@ def make_sampler(name: str, train_scheduler):
 
 
 def diffusion_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    if is_flow(scheduler):
+        return noise - x0
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
         return noise
@@ -73,6 +111,8 @@ def diffusion_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.
 
 def predicted_x0(scheduler, noisy: torch.Tensor, prediction: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """The clean-latent estimate implied by a model output in the scheduler's target space."""
+    if is_flow(scheduler):
+        return noisy - _sigma(scheduler, t, noisy) * prediction
     kind = scheduler.config.prediction_type
     if kind == "sample":
         return prediction
@@ -96,6 +136,21 @@ def _timesteps(n: int, high: int, generator: torch.Generator | None, device: tor
         return torch.randint(0, high, (n,), generator=generator).to(device)
     u = torch.sigmoid(torch.randn(n, generator=generator, dtype=torch.float64) * logit_std + logit_mean)
     return (u * high).long().clamp_(0, high - 1).to(device)
+
+
+def training_timesteps(scheduler, n: int, generator: torch.Generator | None, device: torch.device,
+                       logit_mean: float | None = None, logit_std: float = 1.0) -> torch.Tensor:
+    """DDPM: integer timesteps. Flow: continuous s in (0, 1] (uniform or logit-normal), shifted as the
+    sampler's sigmas are (s' = shift s / (1 + (shift - 1) s)), as timesteps s' * num_train_timesteps."""
+    high = scheduler.config.num_train_timesteps
+    if not is_flow(scheduler):
+        return _timesteps(n, high, generator, device, logit_mean, logit_std)
+    if logit_mean is None:
+        u = 1 - torch.rand(n, generator=generator, dtype=torch.float64)  # (0, 1]: s = 0 is the clean latent
+    else:
+        u = torch.sigmoid(torch.randn(n, generator=generator, dtype=torch.float64) * logit_std + logit_mean)
+    shift = float(scheduler.config.shift)
+    return (shift * u / (1 + (shift - 1) * u) * high).float().to(device)
 
 
 def _dropout(n: int, p: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -141,10 +196,10 @@ def base_denoiser_loss(
     """One DDPM training step's losses for the base model. Video and audio share the timestep:
     they are one joint sample, denoised together."""
     b, device = video_latent.shape[0], video_latent.device
-    t = _timesteps(b, scheduler.config.num_train_timesteps, generator, device, timestep_logit_mean, timestep_logit_std)
+    t = training_timesteps(scheduler, b, generator, device, timestep_logit_mean, timestep_logit_std)
     noise_v, noise_a = _randn_like(video_latent, generator), _randn_like(audio_latent, generator)
     inputs = inputs.replace(drop=_dropout(b, cond_dropout, generator, device))
-    noisy_v, noisy_a = scheduler.add_noise(video_latent, noise_v, t), scheduler.add_noise(audio_latent, noise_a, t)
+    noisy_v, noisy_a = add_noise(scheduler, video_latent, noise_v, t), add_noise(scheduler, audio_latent, noise_a, t)
     inner = getattr(model, "module", model)  # the model itself under DistributedDataParallel
     if inner.config.self_condition:
         inputs = _with_self_condition(inner, scheduler, noisy_v, noisy_a, t, inputs, self_condition_rate, generator)
@@ -169,13 +224,13 @@ def upsampler_loss(
     """Upsampler loss with noise-conditioning augmentation: the clean low-res latent is noised to a
     level drawn from [0, max_noise_aug) and the level is given to the model."""
     b, device = video_latent.shape[0], video_latent.device
-    t = _timesteps(b, scheduler.config.num_train_timesteps, generator, device)
+    t = training_timesteps(scheduler, b, generator, device)
     level = _timesteps(b, max(int(max_noise_aug), 1), generator, device)
     noise = _randn_like(video_latent, generator)
-    low_res = scheduler.add_noise(low_res_latent, _randn_like(low_res_latent, generator), level)
+    low_res = add_noise(scheduler, low_res_latent, _randn_like(low_res_latent, generator), level)
     inputs = inputs.replace(low_res_video=low_res, low_res_noise_level=level,
                             drop=_dropout(b, cond_dropout, generator, device))
-    pred, _ = model(scheduler.add_noise(video_latent, noise, t), None, t, inputs)
+    pred, _ = model(add_noise(scheduler, video_latent, noise, t), None, t, inputs)
     return F.mse_loss(pred, diffusion_target(scheduler, video_latent, noise, t))
 
 
@@ -233,20 +288,24 @@ def sample_latents(
     packing = _Packing(model.config, b)
     scheduler = make_sampler(sampler, train_scheduler)
     scheduler.set_timesteps(steps)
-    x = torch.randn((b, packing.n_video + packing.n_audio), generator=generator).to(device) * scheduler.init_noise_sigma
+    x = torch.randn((b, packing.n_video + packing.n_audio), generator=generator).to(device)
+    x = x * getattr(scheduler, "init_noise_sigma", 1.0)
     if model.config.is_upsampler:
         if inputs.low_res_video is None:
             raise ValueError("the upsampler stage needs the base latent as inputs.low_res_video")
         level = torch.full((b,), int(low_res_noise_level), dtype=torch.long, device=device)
         noise = torch.randn(inputs.low_res_video.shape, generator=generator).to(device)
-        inputs = inputs.replace(low_res_video=train_scheduler.add_noise(inputs.low_res_video, noise, level),
+        inputs = inputs.replace(low_res_video=add_noise(train_scheduler, inputs.low_res_video, noise, level),
                                 low_res_noise_level=level)
     plain, guided = model.with_caption_state(inputs), None  # captions refined once per call
     previous = torch.zeros_like(x) if model.config.self_condition else None
-    for t in scheduler.timesteps:
-        model_in = scheduler.scale_model_input(x, t)
+    flow = is_flow(train_scheduler)
+    for i, t in enumerate(scheduler.timesteps):
+        model_in = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
         video, audio = packing.unpack(model_in)
-        ts = torch.full((b,), int(t), dtype=torch.long, device=device)
+        # Flow: the model reads the sampler's exact sigma (DPM's integer timesteps round it).
+        ts = torch.full((b,), float(scheduler.sigmas[i]) * train_scheduler.config.num_train_timesteps, device=device) \
+            if flow else torch.full((b,), int(t), dtype=torch.long, device=device)
         scale = guidance if lo <= int(t) <= hi else 1.0
         if scale != 1.0 and guided is None:
             guided = model.with_caption_state(inputs.with_null_rows())

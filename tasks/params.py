@@ -84,6 +84,7 @@ class DiffusionParams:
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "sample"
     upsampler_prediction_type: str | None = None
+    flow_shift: float = 1.0
     timestep_logit_mean: float | None = None
     timestep_logit_std: float = 1.0
     cond_dropout: float = 0.1
@@ -104,6 +105,7 @@ class TrainParams:
     warmup_steps: int = 200
     grad_clip: float = 1.0
     ema_decay: float = 0.995
+    max_nonfinite_steps: int = 10
     checkpoint_every: int = 250
     log_every: int = 25
     device: str | None = None

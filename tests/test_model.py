@@ -478,3 +478,63 @@ def test_denoiser_inputs_null_rows_and_select(tiny_params):
     assert picked.has_image.tolist() == [True, True]
     previous = torch.randn(3, *cfg.base.video_latent_shape)
     assert torch.equal(doubled.with_self_condition(previous, None).self_cond_video, torch.cat([previous, previous]))
+
+
+def test_flow_matching_target_and_forward_process():
+    from model.diffusion import add_noise, diffusion_target, predicted_x0, training_timesteps
+
+    scheduler = make_noise_scheduler(prediction_type="flow")
+    g = torch.Generator().manual_seed(0)
+    x0, noise, t = torch.randn(3, 4, 2, generator=g), torch.randn(3, 4, 2, generator=g), torch.tensor([0.0, 500.0, 1000.0])
+    noisy = add_noise(scheduler, x0, noise, t)
+    assert torch.allclose(noisy[0], x0[0]) and torch.allclose(noisy[1], (x0[1] + noise[1]) / 2)
+    assert torch.allclose(noisy[2], noise[2])
+    assert torch.allclose(predicted_x0(scheduler, noisy, diffusion_target(scheduler, x0, noise, t), t), x0, atol=1e-5)
+    draw = lambda s: training_timesteps(make_noise_scheduler(prediction_type="flow", flow_shift=s), 4000,  # noqa: E731
+                                        torch.Generator().manual_seed(0), torch.device("cpu"))
+    plain, shifted = draw(1.0), draw(3.0)
+    assert plain.dtype == torch.float32 and 0 < float(plain.min()) and float(plain.max()) <= 1000
+    assert abs(float(plain.mean()) - 500) < 20 and float(shifted.mean()) > 650  # a shift moves training to high noise
+
+
+@pytest.mark.parametrize("sampler", ["dpm", "euler"])
+def test_flow_samplers_reach_the_data_of_an_exact_velocity(tiny_params, sampler):
+    """Data = one point c: the exact velocity is (x_t - c) / s, and every flow sampler must land on c
+    (a wrong sigma convention between training and sampling lands elsewhere)."""
+    cfg = from_params(tiny_params)
+    base = JointDenoisingTransformer(cfg.base).eval()
+    c_video, c_audio = torch.full(cfg.base.video_latent_shape, 0.7), torch.full(cfg.base.audio_latent_shape, -0.3)
+
+    def exact(video, audio, t, inputs):
+        s = (t.float() / 1000).view(-1, 1, 1, 1, 1)
+        return (video - c_video) / s, (audio - c_audio) / s.view(-1, 1, 1)
+
+    base.forward = exact  # type: ignore[method-assign]
+    ctx = DenoiserInputs(random_context(2, cfg.base.max_text_tokens, valid=4))
+    v, a = sample_latents(base, make_noise_scheduler(prediction_type="flow"), ctx, sampler=sampler, steps=6,
+                          guidance=1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(v, c_video.expand_as(v), atol=1e-3) and torch.allclose(a, c_audio.expand_as(a), atol=1e-3)
+    with pytest.raises(ValueError, match="flow"):
+        sample_latents(base, make_noise_scheduler(prediction_type="flow"), ctx, sampler="ddim", steps=2)
+
+
+def test_a_flow_model_trains_and_samples(tiny_params):
+    params = tiny_params.replace("diffusion.prediction_type", "flow")
+    cfg = from_params(params)
+    from model import noise_schedulers
+
+    scheduler, up_scheduler = noise_schedulers(params.diffusion)
+    model, up = _perturbed(JointDenoisingTransformer(cfg.base)), _perturbed(JointDenoisingTransformer(cfg.upsampler))
+    video, audio, _, ctx = base_inputs(cfg, batch=2)
+    loss = base_denoiser_loss(model, scheduler, video, audio, ctx, generator=torch.Generator().manual_seed(0))
+    low = torch.randn(2, *cfg.upsampler.low_res_latent_shape)
+    up_loss = upsampler_loss(up, up_scheduler, torch.randn(2, *cfg.upsampler.video_latent_shape), low, ctx, 250,
+                             generator=torch.Generator().manual_seed(0))
+    (loss.total + up_loss).backward()
+    assert torch.isfinite(loss.total) and torch.isfinite(up_loss)
+    assert model.input_proj.t_embedder[0].mlp[0].weight.grad.abs().sum() > 0  # float timesteps reach the embedding
+    v, a = sample_latents(model.eval(), scheduler, ctx, steps=3, guidance=2.0,
+                          generator=torch.Generator().manual_seed(1))
+    hr, _ = sample_latents(up.eval(), up_scheduler, ctx.replace(low_res_video=v), steps=3, guidance=2.0,
+                           generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(v).all() and torch.isfinite(a).all() and hr.shape == (2, *cfg.upsampler.video_latent_shape)
