@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from model import (AudioVAE, ConditioningEncoder, JointDenoisingTransformer, TinyVeo, VideoVAE, from_params,
                    noise_schedulers)
 
-from .media import atomic_path
+from .media import atomic_path, fault_point, fsync_path, write_text_atomic
 from .params import Params, ParamsError
 from .runtime import UserError, pick_device
 
@@ -42,13 +42,15 @@ def save_checkpoint(stage_dir: str | Path, step: int, weights: dict[str, dict[st
     for module, tensors in weights.items():
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / f"{module}.safetensors"))
     torch.save(state, tmp / "state.pt")
+    for f in tmp.iterdir():
+        fsync_path(f)
+    fsync_path(tmp, directory=True)
+    fault_point("checkpoint")  # the new checkpoint complete under its temporary name
     final = stage_dir / name
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    pointer = stage_dir / ".latest.tmp"
-    pointer.write_text(name + "\n", encoding="utf-8")
-    os.replace(pointer, stage_dir / "latest")
+    write_text_atomic(stage_dir / "latest", name + "\n")  # only now is the new checkpoint the one resumed
     for old in sorted(p for p in stage_dir.glob("step-*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -33,6 +33,7 @@ from model import ConditioningEncoder, resize_image
 
 from .cache import MultiModalDataset
 from .checkpoint import DENOISER_DIR, load_pipeline, write_json
+from .media import write_text_atomic
 from .metrics import clip_score, lpips_distance, psnr, ssim
 from .params import Params, flatten
 from .runtime import UserError
@@ -260,7 +261,7 @@ def write_outputs(out: Path, metrics: dict[str, Any]) -> None:
             cells = [values.get(c) for c in SCORE_COLUMNS] + [sync.get("recall"), sync.get("precision"),
                                                               sync.get("offset_ms_mean_abs")]
             lines.append(f"{split}\t{kind}\t" + "\t".join("" if v is None else f"{v:.4f}" for v in cells))
-    (out / "scores.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text_atomic(out / "scores.tsv", "\n".join(lines) + "\n")
     write_json(out / "metrics.json", json.loads(json.dumps(metrics)))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -107,16 +108,49 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+FAULT_ENV = "TINYVEO_FAULT_AT"
+_fault_hits: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Fault injection for the tests: TINYVEO_FAULT_AT=name[:k] kills the process (SIGKILL) the k-th
+    time (default the first) it passes the write point `name`."""
+    point, _, nth = os.environ.get(FAULT_ENV, "").partition(":")
+    if point != name:
+        return
+    _fault_hits[name] = _fault_hits.get(name, 0) + 1
+    if _fault_hits[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fsync_path(path: str | Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it over `target` only if the block succeeds."""
+    """Yield a temporary path beside `target`; if the block succeeds, fsync it, rename it over
+    `target` and fsync the folder: a reader sees the old file or the new one, after a kill -9 or a
+    power loss. The write point for fault injection is the target's file name."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        fsync_path(tmp)
+        fault_point(target.name)  # the new file complete under its temporary name, the old one in place
         os.replace(tmp, target)
+        fsync_path(target.parent, directory=True)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

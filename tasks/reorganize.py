@@ -14,6 +14,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .media import write_text_atomic
+
 
 
 @dataclass(frozen=True)
@@ -55,9 +57,7 @@ def _place(src: Path, dst: Path) -> None:
 def _write_text(dst: Path, text: str) -> None:
     if dst.exists() and dst.read_text(encoding="utf-8") == text:
         return
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, dst)
+    write_text_atomic(dst, text)
 
 
 def reorganize(items: list[PairInput], data_dir: str | Path) -> list[Pair]:

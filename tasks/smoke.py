@@ -20,6 +20,7 @@ from tqdm import tqdm
 from model import (AudioVAE, ConditioningEncoder, DenoiserInputs, JointDenoisingTransformer, TextEmbedding, VideoVAE,
                    base_denoiser_loss, from_params, noise_schedulers, upsampler_loss)
 
+from .media import write_text_atomic
 from .params import Params
 from .runtime import pick_device, seed_everything
 from .training import make_optimizer
@@ -135,10 +136,9 @@ def report_smoke(result: SmokeResult, steps: int, batch: int, out: str | None = 
     print(f"{steps} steps at batch {batch} in {result.seconds:.1f} s")
     failed = [k for k, ok in result.improved().items() if not ok]
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
         report = {"steps": steps, "batch_size": batch, "seconds": round(result.seconds, 2), "passed": not failed,
                   "loss_before": result.before, "loss_after": result.after}
-        Path(out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(out, json.dumps(report, indent=2) + "\n")
     if failed:
         print(f"smoke run FAILED: loss did not go down for {', '.join(failed)}")
         return 1

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
+from .media import atomic_path, write_text_atomic
 from .runtime import process_pool
 from .worlds import ClipSpec, world
 
@@ -61,7 +62,8 @@ def write_clip(spec: ClipSpec, out_dir: str, size: int, fps: int, duration_s: fl
     if spec.with_image:
         image_name = f"images/clip_{spec.index:05d}.jpg"
         (out / image_name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(frames[0]).save(out / image_name, quality=95)
+        with atomic_path(out / image_name) as tmp:
+            Image.fromarray(frames[0]).save(tmp, format="JPEG", quality=95)
         record["image_path"] = image_name
     return record
 
@@ -79,7 +81,5 @@ def synth(out_dir: str | Path, data: DataParams, workers: int = 2, progress: boo
     else:
         records = [write_clip(*a) for a in tqdm(args, desc="synth", unit="clip", disable=not progress)]
     annotations = out / "annotations.json"
-    tmp = annotations.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, annotations)
+    write_text_atomic(annotations, json.dumps(records, indent=1) + "\n")
     return annotations

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .media import atomic_path, write_text_atomic
+
 
 def tracking_uri(configured: str | None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or configured or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
@@ -69,11 +71,12 @@ def loss_curve_png(losses: list[dict[str, float]], path: Path, title: str) -> No
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 
 def write_loss_tsv(losses: list[dict[str, float]], path: Path) -> None:
     keys = list(losses[0]) if losses else ["step"]
     lines = ["\t".join(keys)] + ["\t".join(str(r[k]) for k in keys) for r in losses]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text_atomic(path, "\n".join(lines) + "\n")

@@ -25,7 +25,8 @@ from .training import (StageSettings, TrainState, finish_stage, run_loop, stage_
 def denoiser_settings(params: Params) -> StageSettings:
     t = params.train
     return StageSettings(t.denoiser_steps, t.batch_size, t.lr, t.warmup_steps, t.weight_decay, t.grad_clip,
-                         params.seed + 1, t.checkpoint_every, t.log_every, t.ema_decay)
+                         params.seed + 1, t.checkpoint_every, t.log_every, t.ema_decay,
+                         max_nonfinite_steps=t.max_nonfinite_steps)
 
 
 def upsampler_share(params: Params) -> float:

@@ -25,7 +25,7 @@ from .training import (StageSettings, TrainState, finish_stage, run_loop, stage_
 def vae_settings(params: Params) -> StageSettings:
     t = params.train
     return StageSettings(t.vae_steps, t.vae_batch_size, t.vae_lr, t.warmup_steps, t.weight_decay, t.grad_clip,
-                         params.seed, t.checkpoint_every, t.log_every)
+                         params.seed, t.checkpoint_every, t.log_every, max_nonfinite_steps=t.max_nonfinite_steps)
 
 
 def vae_loss_fn(modules: dict[str, torch.nn.Module], data: dict[str, torch.Tensor], rows: list[int], cfg,

@@ -33,7 +33,7 @@ from .tracking import Tracker, loss_curve_png, write_loss_tsv
 
 
 class NonFiniteLossError(RuntimeError):
-    """A NaN or Inf loss: training stops, the last good checkpoint stays."""
+    """Too many NaN or Inf losses or gradient norms in a row: training stops, the last good checkpoint stays."""
 
 
 @dataclass
@@ -138,6 +138,7 @@ class StageSettings:
     checkpoint_every: int
     log_every: int
     ema_decay: float | None = None
+    max_nonfinite_steps: int = 10   # non-finite steps in a row (skipped) before the stage stops
 
 
 @dataclass
@@ -152,6 +153,7 @@ class TrainState:
     cursor: BatchCursor
     step: int = 0
     losses: list[dict[str, float]] = field(default_factory=list)
+    skipped: int = 0                 # steps skipped for a non-finite loss or gradient norm
 
     @classmethod
     def create(cls, modules: dict[str, torch.nn.Module], n_items: int, s: StageSettings, dist: Dist) -> "TrainState":
@@ -180,6 +182,7 @@ class TrainState:
         c = self.cursor
         self.cursor = BatchCursor(c.n, c.batch, c.seed, c.world, c.rank, state["epoch"], state["pos"])
         self.step, self.losses = int(state["step"]), json.loads(state["losses"])
+        self.skipped = int(state.get("skipped", 0))
 
     def save(self, stage_dir: Path, dist: Dist) -> None:
         rngs = [self.generator.get_state()]
@@ -190,9 +193,15 @@ class TrainState:
         if dist.main:
             weights = {k: unwrap(m).state_dict() for k, m in self.modules.items()}
             weights.update({f"{k}_ema": e.state_dict() for k, e in self.emas.items()})
+            bad = [f"{m}.{k}" for m, tensors in weights.items() for k, v in tensors.items()
+                   if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+            if bad:  # never on disk: the previous checkpoint stays the one resumed
+                raise NonFiniteLossError(f"non-finite weights at step {self.step} ({', '.join(bad[:3])}); "
+                                         "not saved")
             save_checkpoint(stage_dir, self.step, weights, {
                 "step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": rngs, "epoch": self.cursor.epoch, "pos": self.cursor.pos, "losses": json.dumps(self.losses),
+                "skipped": self.skipped,
             })
         if dist.world > 1:
             td.barrier()
@@ -225,16 +234,22 @@ def run_loop(name: str, state: TrainState, loss_fn: Callable[[list[int], torch.G
     bar = tqdm(total=s.steps, initial=state.step, desc=name, unit="step", disable=not (progress and dist.main))
     for m in state.modules.values():
         m.train()
+    in_a_row = 0
     while state.step < last:
         state.optimizer.zero_grad(set_to_none=True)
         with autocast(*amp):
             parts = loss_fn(state.cursor.next(), state.generator)
         loss = sum(parts.values())
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"{name} stage: non-finite loss ({float(loss.detach())}) at step {state.step + 1}; "
-                                     f"the last good checkpoint in {stage_dir} is kept")
-        loss.backward()
+        loss.backward()  # also for a non-finite loss: under DDP every rank then sees the same NaN gradient norm
         grad_norm = float(torch.nn.utils.clip_grad_norm_(state.parameters, s.grad_clip))
+        if not math.isfinite(grad_norm):  # skip the update: the weights, EMA and LR schedule stay as they are
+            state.skipped, in_a_row = state.skipped + 1, in_a_row + 1
+            if in_a_row >= s.max_nonfinite_steps:
+                raise NonFiniteLossError(
+                    f"{name} stage: {in_a_row} steps in a row with a non-finite loss ({float(loss.detach())}) or "
+                    f"gradient norm ({grad_norm}) at step {state.step + 1}; the last good checkpoint in {stage_dir} is kept")
+            continue
+        in_a_row = 0
         state.optimizer.step()
         state.scheduler.step()
         for k, e in state.emas.items():
@@ -253,7 +268,7 @@ def run_loop(name: str, state: TrainState, loss_fn: Callable[[list[int], torch.G
     if state.step < s.steps and state.step % s.checkpoint_every:
         state.save(stage_dir, dist)  # an early stop (--stop-after) still leaves a checkpoint to resume from
     bar.close()
-    return StageResult(name, state.step, state.losses, {}, time.perf_counter() - start)
+    return StageResult(name, state.step, state.losses, {"skipped_steps": state.skipped}, time.perf_counter() - start)
 
 
 def training_precision(train, device: torch.device) -> torch.dtype | None:

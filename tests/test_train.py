@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -91,32 +90,110 @@ def test_nan_loss_stops_with_step_and_stage_and_keeps_the_checkpoint(data_dir, t
         return loss * float("nan") if calls["n"] > 10 else loss
 
     monkeypatch.setattr(diffusion.F, "mse_loss", poisoned)
-    with pytest.raises(NonFiniteLossError, match=r"denoiser stage: non-finite loss .* at step 4"):
-        train(data_dir, out, params, stages=("denoiser",))
+    with pytest.raises(NonFiniteLossError, match=r"denoiser stage: 3 steps in a row with a non-finite loss .* at step 4"):
+        train(data_dir, out, load_params(overrides=TRAIN_OVERRIDES + ["train.max_nonfinite_steps=3"]),
+              stages=("denoiser",))
     kept = latest_checkpoint(out / "vae")
     assert kept is not None and load_state(kept)["step"] == 8
     assert latest_checkpoint(out / "denoiser") is None  # nothing after the NaN was saved
 
 
-def test_kill_during_training_leaves_a_loadable_checkpoint(data_dir, tmp_path):
-    out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "tasks.cli", "train-vae", "--data", str(data_dir), "--out", str(out)]
-    for o in TRAIN_OVERRIDES + ["train.vae_steps=400", "train.checkpoint_every=1"]:
+class InfGradient(torch.autograd.Function):
+    """Identity forward, infinite gradient backward: a finite loss whose step would poison the weights."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+def test_an_infinite_gradient_skips_the_step_and_nothing_non_finite_is_saved(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "inf"
+    train(data_dir, out, tiny(), stages=("vae",))
+    import model.diffusion as diffusion
+
+    real, calls = diffusion.F.mse_loss, {"n": 0}
+
+    def poisoned(a, b, *args, **kw):  # three losses a step: steps 2 and 5 get an infinite gradient
+        calls["n"] += 1
+        loss = real(a, b, *args, **kw)
+        return InfGradient.apply(loss) if calls["n"] in (4, 13) else loss
+
+    monkeypatch.setattr(diffusion.F, "mse_loss", poisoned)
+    summary = train(data_dir, out, tiny("train.checkpoint_every=1"), stages=("denoiser",))["denoiser"]
+    assert summary["steps"] == 8 and summary["skipped_steps"] == 2
+    saved = [f for step in (out / "denoiser").glob("step-*") for f in step.glob("*.safetensors")]
+    assert saved
+    for f in saved:
+        tensors = load_weights(f.parent, f.stem)
+        assert all(bool(torch.isfinite(v).all()) for v in tensors.values() if v.is_floating_point()), f
+
+
+def train_denoiser_cli(data, out, *args: str, fault: str | None = None) -> int:
+    cmd = [sys.executable, "-m", "tasks.cli", "train-denoiser", "--data", str(data), "--out", str(out), *args]
+    for o in TRAIN_OVERRIDES + ["train.checkpoint_every=2"]:
         cmd += ["--set", o]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while latest_checkpoint(out / "vae") is None and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.5)  # checkpointing every step: the kill lands in or near a write
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    folder = latest_checkpoint(out / "vae")
-    assert folder is not None
-    state = load_state(folder)
-    assert state["step"] >= 1
-    assert load_weights(folder, "video_vae") and load_weights(folder, "audio_vae")
-    resumed = train(data_dir, out, tiny("train.vae_steps=" + str(state["step"] + 2)), resume=True, stages=("vae",))
-    assert resumed["vae"]["steps"] == state["step"] + 2
+    env = {**os.environ, "TINYVEO_FAULT_AT": fault} if fault else None
+    return subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+
+
+@pytest.fixture(scope="module")
+def straight_denoiser(prepared_data, tmp_path_factory):
+    """VAE + latents, and the denoiser stage run through without interruption (8 steps)."""
+    out = tmp_path_factory.mktemp("straight")
+    train(prepared_data, out, tiny(), stages=("vae",))
+    from tasks.encode_latents import encode_latents
+
+    encode_latents(prepared_data, out, tiny())
+    assert train_denoiser_cli(prepared_data, out) == 0
+    return out
+
+
+@pytest.mark.parametrize("point", ["checkpoint", "latest", "loss_denoiser.tsv", "summary.json"])
+def test_kill_at_a_write_point_keeps_the_previous_file_and_resume_is_exact(data_dir, straight_denoiser, tmp_path, point):
+    """kill -9 at a named write point (fault injection, not timing): the reader sees the previous
+    complete file, and resuming ends with the weights of the run that was never interrupted."""
+    import shutil
+
+    out = tmp_path / "run"
+    for stage in ("vae", "latents"):
+        shutil.copytree(straight_denoiser / stage, out / stage)
+    assert train_denoiser_cli(data_dir, out, "--stop-after", "4") == 0   # steps 1-4, checkpoints 2 and 4
+    stage = out / "denoiser"
+    before = {name: (stage / name).read_bytes() for name in ("summary.json", "loss_denoiser.tsv", "latest")}
+    assert train_denoiser_cli(data_dir, out, "--resume", fault=point) == -signal.SIGKILL
+    if point in ("checkpoint", "latest"):   # killed while saving step 6: step 4 stays the one resumed
+        assert latest_checkpoint(stage).name == "step-0000004" and load_state(latest_checkpoint(stage))["step"] == 4
+    else:                                   # killed at the stage's last writes: checkpoints of step 8 complete
+        assert load_state(latest_checkpoint(stage))["step"] == 8
+    unwritten = ("summary.json",) if point == "summary.json" else ("summary.json", "loss_denoiser.tsv")
+    for name in unwritten:  # killed at or before their writes: the previous complete file, not half a new one
+        assert (stage / name).read_bytes() == before[name], name
+    assert json.loads((stage / "summary.json").read_text())["steps"] == 4
+    assert train_denoiser_cli(data_dir, out, "--resume") == 0
+    assert json.loads((stage / "summary.json").read_text())["steps"] == 8
+    a, b = latest_checkpoint(straight_denoiser / "denoiser"), latest_checkpoint(stage)
+    for module in ("base", "upsampler", "base_ema", "upsampler_ema"):
+        wa, wb = load_weights(a, module), load_weights(b, module)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), module
+
+
+def test_an_atomic_write_killed_midway_leaves_the_old_file(tmp_path):
+    """Every output goes through tasks.media.atomic_path: killed between the write and the rename,
+    the target still holds the old content (the new one stays under a temporary name no reader opens)."""
+    target = tmp_path / "metrics.json"
+    target.write_text('{"old": true}\n')
+    code = "from tasks.media import write_text_atomic; import sys; write_text_atomic(sys.argv[1], '{\"new\": true}')"
+    env = {**os.environ, "TINYVEO_FAULT_AT": "metrics.json"}
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], cwd=ROOT, env=env)
+    assert proc.returncode == -signal.SIGKILL
+    assert json.loads(target.read_text()) == {"old": True}
+    assert subprocess.run([sys.executable, "-c", code, str(target)], cwd=ROOT).returncode == 0
+    assert json.loads(target.read_text()) == {"new": True}
+
 
 
 def test_frozen_modules_stay_bit_identical(data_dir, tmp_path):
