@@ -69,6 +69,8 @@ def _stage_args(p: argparse.ArgumentParser, resumable: bool = True) -> None:
     p.add_argument("--out", required=True, help="checkpoint folder: OUT/vae, OUT/latents, OUT/denoiser")
     if resumable:
         p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+        p.add_argument("--resume-anyway", action="store_true",
+                       help="with --resume: continue even if params, dataset or code changed since the checkpoint")
         p.add_argument("--stop-after", type=int, default=None, metavar="N",
                        help="stop each stage after N more steps (checkpointed; continue later with --resume)")
         p.add_argument("--metrics-dir", default=None,
@@ -175,7 +177,8 @@ def _train_stage(args: argparse.Namespace, params, stage: str) -> int:
     module = importlib.import_module(f"tasks.train_{stage}")
     try:
         summary = getattr(module, f"train_{stage}")(args.data, args.out, params, resume=args.resume,
-                                                    stop_after=args.stop_after, device=args.device)
+                                                    stop_after=args.stop_after, device=args.device,
+                                                    force_resume=args.resume_anyway)
     except NonFiniteLossError as exc:
         print(f"tinyveo train: error: {exc}")
         return 3

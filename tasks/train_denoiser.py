@@ -18,7 +18,7 @@ from .cache import read_manifest
 from .checkpoint import DENOISER_DIR, read_latents
 from .params import Params
 from .runtime import UserError
-from .training import (StageSettings, TrainState, finish_stage, run_loop, stage_session, start_or_resume,
+from .training import (StageSettings, TrainState, finish_stage, fingerprint, run_loop, stage_session, start_or_resume,
                        training_precision, training_rows, unwrap, wrap_ddp)
 
 
@@ -74,7 +74,8 @@ def denoiser_loss_fn(modules: dict[str, torch.nn.Module], latents: dict[str, tor
 
 
 def train_denoiser(data_dir: str | Path, checkpoint: str | Path, params: Params, *, resume: bool = False,
-                   stop_after: int | None = None, progress: bool = True, device: str | None = None) -> dict[str, Any]:
+                   stop_after: int | None = None, progress: bool = True, device: str | None = None,
+                   force_resume: bool = False) -> dict[str, Any]:
     """Train both denoisers into CHECKPOINT/denoiser from CHECKPOINT/latents; returns the stage summary."""
     manifest, stage_dir = read_manifest(Path(data_dir) / "cache"), Path(checkpoint) / DENOISER_DIR
     with stage_session("train_denoiser", params, manifest, device) as (dist, dev, tracker):
@@ -92,7 +93,7 @@ def train_denoiser(data_dir: str | Path, checkpoint: str | Path, params: Params,
         settings, precision = denoiser_settings(params), training_precision(params.train, dev)
         loss_fn = denoiser_loss_fn(modules, latents, rows, params, dev)
         state = TrainState.create(modules, len(rows), settings, dist)
-        start_or_resume(state, stage_dir, resume, dist)
+        start_or_resume(state, stage_dir, resume, dist, fingerprint(params, manifest), force_resume)
         result = run_loop("denoiser", state, loss_fn, settings, stage_dir, dist, tracker, stop_after=stop_after,
                           amp=(dev.type, precision), progress=progress)
         if not dist.main:

@@ -18,7 +18,7 @@ from .cache import MultiModalDataset
 from .checkpoint import VAE_DIR, save_vaes
 from .metrics import psnr
 from .params import Params
-from .training import (StageSettings, TrainState, finish_stage, run_loop, stage_session, start_or_resume,
+from .training import (StageSettings, TrainState, finish_stage, fingerprint, run_loop, stage_session, start_or_resume,
                        training_precision, training_rows, wrap_ddp)
 
 
@@ -70,7 +70,8 @@ def scale_and_measure(video_vae: VideoVAE, audio_vae: AudioVAE, data: dict[str, 
 
 
 def train_vae(data_dir: str | Path, checkpoint: str | Path, params: Params, *, resume: bool = False,
-              stop_after: int | None = None, progress: bool = True, device: str | None = None) -> dict[str, Any]:
+              stop_after: int | None = None, progress: bool = True, device: str | None = None,
+              force_resume: bool = False) -> dict[str, Any]:
     """Train both VAEs into CHECKPOINT/vae; returns the stage summary."""
     dataset = MultiModalDataset(Path(data_dir) / "cache")
     manifest, stage_dir = dataset.manifest, Path(checkpoint) / VAE_DIR
@@ -83,7 +84,7 @@ def train_vae(data_dir: str | Path, checkpoint: str | Path, params: Params, *, r
         modules = wrap_ddp({"video_vae": video_vae, "audio_vae": audio_vae}, dist)
         settings, precision = vae_settings(params), training_precision(params.train, dev)
         state = TrainState.create(modules, len(rows), settings, dist)
-        start_or_resume(state, stage_dir, resume, dist)
+        start_or_resume(state, stage_dir, resume, dist, fingerprint(params, manifest), force_resume)
         loss_fn = vae_loss_fn(modules, data, rows, cfg, params.train.vae_upsampled_batch_size, dev)
         result = run_loop("vae", state, loss_fn, settings, stage_dir, dist, tracker, stop_after=stop_after,
                           amp=(dev.type, precision), progress=progress)

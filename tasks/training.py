@@ -154,6 +154,7 @@ class TrainState:
     step: int = 0
     losses: list[dict[str, float]] = field(default_factory=list)
     skipped: int = 0                 # steps skipped for a non-finite loss or gradient norm
+    fingerprint: dict[str, Any] = field(default_factory=dict)   # what the run trains on (see `fingerprint`)
 
     @classmethod
     def create(cls, modules: dict[str, torch.nn.Module], n_items: int, s: StageSettings, dist: Dist) -> "TrainState":
@@ -201,7 +202,7 @@ class TrainState:
             save_checkpoint(stage_dir, self.step, weights, {
                 "step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": rngs, "epoch": self.cursor.epoch, "pos": self.cursor.pos, "losses": json.dumps(self.losses),
-                "skipped": self.skipped,
+                "skipped": self.skipped, "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
             })
         if dist.world > 1:
             td.barrier()
@@ -216,13 +217,74 @@ class StageResult:
     seconds: float
 
 
-def start_or_resume(state: TrainState, stage_dir: Path, resume: bool, dist: Dist) -> None:
-    """Resume from the stage's latest checkpoint, or clear the folder for a fresh run."""
+# Keys a resumed run may change: how long it runs and what it logs, not what it computes.
+RESUMABLE_CHANGES = ("train.vae_steps", "train.denoiser_steps", "train.checkpoint_every", "train.log_every",
+                     "train.mlflow", "train.tracking_uri", "train.experiment", "train.device", "train.smoke_steps",
+                     "train.smoke_batch_size")
+SOURCE_GLOBS = ("model/*.py", "tasks/**/*.py")
+
+
+def code_version() -> str:
+    """Digest of the training code (model/ and tasks/ sources): a code edit changes it."""
+    root, digest = Path(__file__).resolve().parent.parent, hashlib.sha256()
+    for f in sorted(p for pattern in SOURCE_GLOBS for p in root.glob(pattern)):
+        digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def fingerprint(params, manifest) -> dict[str, Any]:
+    """What a checkpoint was trained with: the params that shape training, the dataset, the code."""
+    flat = {k: v for k, v in flatten(params.to_dict()).items()
+            if k.split(".")[0] not in ("eval", "sample") and k not in RESUMABLE_CHANGES}
+    return {"params": json.loads(json.dumps(flat)), "dataset": dataset_hash(manifest), "code": code_version()}
+
+
+def fingerprint_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between a checkpoint's fingerprint and this run's, in words."""
+    changes = []
+    old, new = saved.get("params", {}), now["params"]
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            changes.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    if saved.get("dataset") != now["dataset"]:
+        changes.append(f"dataset: {saved.get('dataset')} -> {now['dataset']}")
+    if saved.get("code") != now["code"]:
+        changes.append(f"code (model/, tasks/): {saved.get('code')} -> {now['code']}")
+    return changes
+
+
+def move_aside(stage_dir: Path) -> Path:
+    """A fresh run's predecessor, kept: STAGE -> STAGE.replaced-<time> beside it."""
+    target = stage_dir.with_name(f"{stage_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while target.exists():
+        target, n = target.with_name(f"{target.name.split('~')[0]}~{n}"), n + 1
+    os.replace(stage_dir, target)
+    return target
+
+
+def start_or_resume(state: TrainState, stage_dir: Path, resume: bool, dist: Dist,
+                    expected: dict[str, Any] | None = None, force_resume: bool = False) -> None:
+    """Resume from the stage's latest checkpoint if its fingerprint matches (or `force_resume`); a
+    fresh run moves an existing resumable run aside instead of deleting it."""
+    state.fingerprint = expected or {}
     folder = latest_checkpoint(stage_dir) if resume else None
     if not resume and dist.main:
-        clear_checkpoints(stage_dir)  # a fresh run replaces an older one (step numbers would interleave)
-    if folder is not None:
-        state.load(folder, dist)
+        if latest_checkpoint(stage_dir) is not None:
+            print(f"tinyveo: {stage_dir} held a resumable run; moved to {move_aside(stage_dir)}", flush=True)
+        clear_checkpoints(stage_dir)  # half-written leftovers of a run that never checkpointed
+    if dist.world > 1:
+        td.barrier()  # rank 0 has moved the folder before any rank looks for checkpoints
+    if folder is None:
+        return
+    saved = json.loads(load_state(folder).get("fingerprint", "{}"))
+    changes = fingerprint_changes(saved, expected) if expected else []
+    if changes and not force_resume:
+        listed = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+        raise UserError(f"{folder}: cannot resume, the run changed since this checkpoint: {listed}. "
+                        "Run without --resume for a fresh run (the old one is moved aside), or pass --resume-anyway")
+    state.load(folder, dist)
+    state.fingerprint = expected or {}
 
 
 def run_loop(name: str, state: TrainState, loss_fn: Callable[[list[int], torch.Generator], dict[str, torch.Tensor]],

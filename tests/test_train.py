@@ -196,6 +196,38 @@ def test_an_atomic_write_killed_midway_leaves_the_old_file(tmp_path):
 
 
 
+def test_resume_refuses_a_changed_run_and_names_what_changed(data_dir, tmp_path, monkeypatch):
+    import tasks.training as training
+    from tasks.runtime import UserError
+
+    out = tmp_path / "changed"
+    train(data_dir, out, tiny(), stages=("vae",), stop_after=2)
+    with pytest.raises(UserError, match=r"cannot resume.*vae\.video\.kl_weight: 1e-06 -> 0\.001.*--resume-anyway"):
+        train(data_dir, out, tiny("vae.video.kl_weight=1e-3"), stages=("vae",), resume=True)
+    longer = train(data_dir, out, tiny("train.vae_steps=10"), stages=("vae",), resume=True, stop_after=1)
+    assert longer["vae"]["steps"] == 3   # a longer run may resume: step counts are not part of the fingerprint
+    monkeypatch.setattr(training, "code_version", lambda: "edited")
+    with pytest.raises(UserError, match=r"code \(model/, tasks/\): \w+ -> edited"):
+        train(data_dir, out, tiny(), stages=("vae",), resume=True, stop_after=1)
+    from tasks.train_vae import train_vae
+
+    forced = train_vae(data_dir, out, tiny(), resume=True, stop_after=1, progress=False, force_resume=True)
+    assert forced["steps"] == 4
+
+
+def test_a_fresh_run_moves_the_resumable_one_aside(data_dir, tmp_path, capsys):
+    out = tmp_path / "fresh"
+    train(data_dir, out, tiny(), stages=("vae",), stop_after=2)
+    first = load_weights(latest_checkpoint(out / "vae"), "video_vae")
+    train(data_dir, out, tiny(), stages=("vae",), stop_after=1)
+    aside = [p for p in out.iterdir() if p.name.startswith("vae.replaced-")]
+    assert len(aside) == 1 and str(aside[0]) in capsys.readouterr().out
+    kept = latest_checkpoint(aside[0])
+    assert load_state(kept)["step"] == 2
+    assert all(torch.equal(first[k], v) for k, v in load_weights(kept, "video_vae").items())
+    assert load_state(latest_checkpoint(out / "vae"))["step"] == 1
+
+
 def test_frozen_modules_stay_bit_identical(data_dir, tmp_path):
     out = tmp_path / "frozen"
     params = tiny()
