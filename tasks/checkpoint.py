@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from model import (AudioVAE, ConditioningEncoder, JointDenoisingTransformer, TinyVeo, VideoVAE, from_params,
@@ -126,6 +126,8 @@ def _load_into(module: torch.nn.Module, path: Path, config_path: Path | None = N
         module.load_state_dict(load_weights(path.parent, path.stem))
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from exc
+    except SafetensorError as exc:
+        raise UserError(f"{path}: not a readable safetensors file ({exc})") from exc
     except RuntimeError as exc:
         detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])
         raise UserError(f"{path}: incompatible with {config_path or 'the configured model'} ({detail[:300]})") from exc

@@ -83,6 +83,8 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     source.add_argument("--prompt", help="one text prompt")
     source.add_argument("--prompts", help="prompts file: plain text (one a line) or JSONL with a 'prompt' field")
     p.add_argument("--image", default=None, help="first-frame image for image-to-video (with --prompt)")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="let a prompts file's 'image' paths point outside the file's folder")
     p.add_argument("--out", required=True, help="output folder (mp4 + wav + png per sample, samples.jsonl)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps per stage (default: sample.steps)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: params)")
@@ -100,6 +102,8 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     source.add_argument("--data", help="data folder written by `tinyveo prepare`: scores its eval.splits (val, test)")
     source.add_argument("--prompts", help="prompts file: text or JSONL ('prompt', optional 'attributes', 'image')")
     p.add_argument("--out", required=True, help="output folder: metrics.json, scores.tsv, samples/")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="let a prompts file's 'image' paths point outside the file's folder")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
 
 
@@ -229,7 +233,7 @@ def run_generate(args: argparse.Namespace, params) -> int:
     else:
         if args.image:
             raise UserError("--image goes with --prompt; in a JSONL prompts file give each line an 'image' field")
-        specs = read_prompts(args.prompts)
+        specs = read_prompts(args.prompts, allow_outside=args.allow_outside)
     records = generate(args.checkpoint, specs, args.out, params, steps=args.steps, guidance=args.guidance,
                        sampler=args.sampler, seed=args.seed, batch_size=args.batch_size, view_size=args.view_size,
                        device=args.device)
@@ -242,7 +246,8 @@ def run_evaluate(args: argparse.Namespace, params) -> int:
     from .evaluate import evaluate, print_report
 
     metrics = evaluate(args.checkpoint, args.out, params, data=args.data, prompts=args.prompts,
-                       reference=args.reference, device=args.device, track=False if args.no_mlflow else None)
+                       reference=args.reference, device=args.device, track=False if args.no_mlflow else None,
+                       allow_outside=args.allow_outside)
     print_report(metrics)
     print(f"wrote {Path(args.out) / 'metrics.json'}")
     return 0

@@ -207,7 +207,7 @@ METRICS: list[tuple[str, Callable[[EvalSet], dict[str, Any]]]] = [
 
 def evaluate(checkpoint: str | Path | None, out: str | Path, params: Params, *, data: str | Path | None = None,
              prompts: str | Path | None = None, reference: bool = False, device: str | None = None,
-             progress: bool = True, track: bool | None = None) -> dict[str, Any]:
+             progress: bool = True, track: bool | None = None, allow_outside: bool = False) -> dict[str, Any]:
     """Generate (or, with `reference`, take the real clips), score, write OUT/metrics.json (+ scores.tsv,
     samples/) and log to MLflow. One group per split in `eval.splits` (with `data`) or one for `prompts`."""
     if (data is None) == (prompts is None):
@@ -222,7 +222,7 @@ def evaluate(checkpoint: str | Path | None, out: str | Path, params: Params, *, 
     pipe = None if reference else load_pipeline(checkpoint, device)[0]
     metrics: dict[str, Any] = {"checkpoint": None if reference else str(checkpoint), "reference": reference,
                                "sampling": None if reference else {**settings, "seed": params.seed}, "splits": {}}
-    for run in _groups(pipe, params, settings, out, data, prompts):
+    for run in _groups(pipe, params, settings, out, data, prompts, allow_outside):
         generate_t2v(run, progress)
         group = {"prompts": {"source": str(data or prompts), "count": len(run.specs)}}
         group.update({name: fn(run) for name, fn in METRICS if name != "vae_reconstruction"})
@@ -235,11 +235,11 @@ def evaluate(checkpoint: str | Path | None, out: str | Path, params: Params, *, 
     return json.loads(json.dumps(metrics))
 
 
-def _groups(pipe, params: Params, settings: dict[str, Any], out: Path, data, prompts):
+def _groups(pipe, params: Params, settings: dict[str, Any], out: Path, data, prompts, allow_outside: bool = False):
     """One EvalSet per split of `data` named in eval.splits, or one for the prompts file."""
     e = params.eval
     if prompts is not None:
-        yield EvalSet("prompts", pipe, params, settings, read_prompts(prompts)[: e.num_prompts], out / "samples")
+        yield EvalSet("prompts", pipe, params, settings, read_prompts(prompts, allow_outside)[: e.num_prompts], out / "samples")
         return
     for split, (specs, cache, manifest) in split_specs(data, e.splits, e.num_prompts).items():
         yield EvalSet(split, pipe, params, settings, specs, out / "samples", cache, manifest)

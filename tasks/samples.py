@@ -3,7 +3,7 @@ written per generated clip (mp4 with sound, wav, frame-grid png).
 
 A prompts file is plain text, one prompt a line (MovieGenBench's MovieGenVideoBench.txt), or JSONL
 with a `prompt` field per line (its audio bench format); JSONL lines may add `image` (a path,
-relative to the file) and `attributes`.
+relative to the file and inside its folder unless `allow_outside`) and `attributes`.
 """
 from __future__ import annotations
 
@@ -30,6 +30,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
 
+MAX_IMAGE_BYTES = 64 << 20        # an input image larger than this is refused before it is decoded
+MAX_IMAGE_PIXELS = 8192 * 8192    # and one that decodes to more pixels (a decompression bomb)
+
+
 @dataclass
 class PromptSpec:
     prompt: str
@@ -38,7 +42,19 @@ class PromptSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def read_prompts(path: str | Path) -> list[PromptSpec]:
+def confined_image(prompts_file: Path, number: int, image: Any, allow_outside: bool) -> str:
+    """A JSONL line's image path, resolved against the prompts file's folder and kept inside it."""
+    if not isinstance(image, str) or not image.strip():
+        raise UserError(f"{prompts_file}:{number}: 'image' must be a path string")
+    folder = prompts_file.parent.resolve()
+    resolved = (folder / image).resolve()
+    if not allow_outside and not resolved.is_relative_to(folder):
+        raise UserError(f"{prompts_file}:{number}: image {image!r} is outside the prompts file's folder {folder} "
+                        "(pass --allow-outside to read it)")
+    return str(resolved)
+
+
+def read_prompts(path: str | Path, allow_outside: bool = False) -> list[PromptSpec]:
     """Plain text (one prompt a line, blank lines skipped) or JSONL (a `prompt` field per line).
     JSONL is recognised by the .jsonl/.json suffix or a first line that starts with '{'."""
     path = Path(path)
@@ -62,7 +78,7 @@ def read_prompts(path: str | Path) -> list[PromptSpec]:
                 raise UserError(f"{path}:{number}: empty prompt")
             image = record.get("image")
             if image is not None:
-                image = str((path.parent / image) if not Path(image).is_absolute() else Path(image))
+                image = confined_image(path, number, image, allow_outside)
             extra = {k: v for k, v in record.items() if k not in ("prompt", "image", "attributes")}
             specs.append(PromptSpec(record["prompt"].strip(), image, record.get("attributes"), extra))
     else:
@@ -71,13 +87,19 @@ def read_prompts(path: str | Path) -> list[PromptSpec]:
 
 
 def load_image(path: str | Path):
-    """An image file -> (3, H, W) float tensor in [0, 1]."""
+    """An image file -> (3, H, W) float tensor in [0, 1]; size-capped before decoding."""
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_IMAGE_BYTES:
+            raise UserError(f"{path}: image of {size} bytes is over the limit of {MAX_IMAGE_BYTES} bytes")
         with Image.open(path) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise UserError(f"{path}: image of {img.width}x{img.height} pixels is over the limit of "
+                                f"{MAX_IMAGE_PIXELS} pixels")
             rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
     except FileNotFoundError as exc:
         raise UserError(f"{path}: image not found") from exc
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise UserError(f"{path}: unreadable image ({exc.__class__.__name__}: {exc})") from exc
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 

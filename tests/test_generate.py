@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from tasks.cli import main as cli_main
-from tasks.checkpoint import load_pipeline
+from tasks.checkpoint import latest_checkpoint, load_pipeline
 from tasks.generate import generate
 from tasks.runtime import UserError
-from tasks.samples import PromptSpec, read_prompts
+from tasks.samples import PromptSpec, load_image, read_prompts
 from tasks.params import load_params
 from tasks.runtime import UserError
 
@@ -118,6 +118,31 @@ def test_prompt_files_text_and_jsonl(tmp_path):
             read_prompts(tmp_path / "bench2.jsonl")
 
 
+def test_prompt_file_images_stay_in_the_files_folder_and_are_size_capped(tmp_path, monkeypatch):
+    import tasks.samples as samples
+    from PIL import Image
+
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(folder / "inside.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
+    jl = folder / "p.jsonl"
+    for image in ("../outside.png", str(tmp_path / "outside.png"), "/etc/passwd"):
+        jl.write_text(json.dumps({"prompt": "ok"}) + "\n" + json.dumps({"prompt": "a", "image": image}) + "\n")
+        with pytest.raises(UserError, match=r"p.jsonl:2: image .* is outside the prompts file's folder .*--allow-outside"):
+            read_prompts(jl)
+    jl.write_text(json.dumps({"prompt": "a", "image": "../outside.png"}) + "\n")
+    assert read_prompts(jl, allow_outside=True)[0].image == str(tmp_path / "outside.png")
+    jl.write_text(json.dumps({"prompt": "a", "image": "inside.png"}) + "\n")
+    assert load_image(read_prompts(jl)[0].image).shape == (3, 48, 64)
+    monkeypatch.setattr(samples, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(UserError, match=r"inside.png: image of 64x48 pixels is over the limit"):
+        load_image(folder / "inside.png")
+    monkeypatch.setattr(samples, "MAX_IMAGE_BYTES", 10)
+    with pytest.raises(UserError, match=r"inside.png: image of \d+ bytes is over the limit of 10 bytes"):
+        load_image(folder / "inside.png")
+
+
 def _cli_error(capsys, *argv: str) -> str:
     assert cli_main(list(argv)) == 2
     return capsys.readouterr().err
@@ -158,6 +183,10 @@ def test_generate_errors_name_the_problem(trained_checkpoint, tmp_path, capsys):
     clip = edited_copy("clip", lambda p: p["conditioning"].update(backend="clip", clip_path=str(tmp_path / "no-clip")))
     err = _cli_error(capsys, "generate", "--checkpoint", clip, "--prompt", "x", "--out", out)
     assert "conditioning.clip_path: no checkpoint at" in err and "no-clip" in err
+    garbage = edited_copy("garbage", lambda p: None)
+    (latest_checkpoint(Path(garbage) / "denoiser") / "base_ema.safetensors").write_bytes(b"\x00garbage" * 10)
+    err = _cli_error(capsys, "generate", "--checkpoint", garbage, "--prompt", "x", "--out", out)
+    assert "base_ema.safetensors: not a readable safetensors file" in err and len(err.strip().splitlines()) == 1
     for step in (Path(wider) / "denoiser").glob("step-*"):
         shutil.rmtree(step)
     err = _cli_error(capsys, "generate", "--checkpoint", wider, "--prompt", "x", "--out", out)
