@@ -1,10 +1,11 @@
 """Mixed precision: when bf16 autocast pays, and one way in for training and sampling.
 
-On CUDA, bf16 autocast is the usual choice. On a CPU it pays only where bf16 matrix products run
-natively (AVX512-BF16 or AMX): on the 2-core AMD EPYC (AVX512-BF16) this project measures on, a
-(4800 x 128) @ (128 x 512) product took 0.62 ms in bf16 against 2.75 ms in fp32 (MKL's fp32 kernels
-take their AVX2 path on AMD), and a denoiser training step 79 against 129 ms. Without native
-support bf16 is emulated and slower than fp32, so "auto" stays in fp32 there.
+On CUDA, bf16 autocast is the usual choice. On a CPU, whether it pays is measured, not read off a
+flag: on a 2-core AMD EPYC (AVX512-BF16) a denoiser training step took 79 ms in bf16 against 129 in
+fp32, but on a 2-core Xeon with AMX the step took the same in both (its time is outside the matrix
+products), and without native bf16 it is emulated and slower. So "auto" on a CPU with native bf16
+times a transformer block's forward + backward in both, once per process, and takes bf16 only
+where it is at least AUTO_BF16_MIN_SPEEDUP faster (bench/RESULTS.md has the figures).
 
 Weights, optimizer state, the residual stream, norms, softmax and losses stay fp32 under autocast;
 the model's outputs are returned as fp32. On CPU the bf16 kernels are deterministic, like fp32 ones.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from pathlib import Path
 
 import torch
@@ -31,6 +33,34 @@ def cpu_has_native_bf16() -> bool:
     return bool(torch.backends.mkldnn.is_available()) and bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
+AUTO_BF16_MIN_SPEEDUP = 1.2   # far from both measured cases (1.6x AMD, 1.0x Xeon AMX): timing noise does not flip it
+
+
+def block_seconds(dtype: torch.dtype | None, dim: int = 128, tokens: int = 256, batch: int = 16,
+                  repeats: int = 5) -> float:
+    """Median seconds of one TransformerBlock forward + backward under autocast `dtype` (None: fp32)."""
+    from .layers import TransformerBlock
+
+    g = torch.Generator().manual_seed(0)
+    block = TransformerBlock(dim, heads=4)
+    x, c = torch.randn(batch, tokens, dim, generator=g), torch.randn(batch, dim, generator=g)
+    times = []
+    for _ in range(repeats + 1):   # the first round warms the kernels up
+        t0 = time.perf_counter()
+        with autocast("cpu", dtype):
+            out = block(x, c)
+        out.float().square().mean().backward()
+        times.append(time.perf_counter() - t0)
+    return sorted(times[1:])[repeats // 2]
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_speedup() -> float:
+    """fp32 time / bf16 time of `block_seconds` on this CPU (measured once per process, ~1 s)."""
+    with torch.random.fork_rng():   # the measurement leaves the global RNG as it found it
+        return block_seconds(None) / block_seconds(torch.bfloat16)
+
+
 def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
     """"auto" | "bf16" | "fp32" on a device -> the autocast dtype, or None for full fp32."""
     if precision not in PRECISIONS:
@@ -42,7 +72,7 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_native_bf16() else None
+    return torch.bfloat16 if cpu_has_native_bf16() and cpu_bf16_speedup() >= AUTO_BF16_MIN_SPEEDUP else None
 
 
 def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -19,7 +19,10 @@ from test_model import _perturbed, base_inputs
 def test_each_setting_picks_its_dtype():
     assert autocast_dtype("fp32", "cpu") is None
     assert autocast_dtype("bf16", "cpu") is torch.bfloat16
-    assert autocast_dtype("auto", "cpu") is (torch.bfloat16 if cpu_has_native_bf16() else None)
+    import model.precision as precision
+
+    expected = cpu_has_native_bf16() and precision.cpu_bf16_speedup() >= precision.AUTO_BF16_MIN_SPEEDUP
+    assert autocast_dtype("auto", "cpu") is (torch.bfloat16 if expected else None)
     assert autocast_dtype("bf16", "meta") is None  # no autocast off cpu/cuda
     with pytest.raises(ValueError, match="fp16"):
         autocast_dtype("fp16", "cpu")
@@ -27,6 +30,29 @@ def test_each_setting_picks_its_dtype():
         assert not torch.is_autocast_enabled("cpu")
     with autocast("cpu", torch.bfloat16):
         assert torch.is_autocast_enabled("cpu")
+
+
+def test_auto_takes_bf16_only_where_it_measures_faster(monkeypatch):
+    import model.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    for speedup, dtype in ((1.6, torch.bfloat16), (1.0, None), (1.19, None)):   # the AMD and the Xeon AMX cases
+        monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda s=speedup: s)
+        assert autocast_dtype("auto", "cpu") is dtype, speedup
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)   # emulated bf16: not even measured
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: pytest.fail("measured without native bf16"))
+    assert autocast_dtype("auto", "cpu") is None
+
+
+def test_the_bf16_measurement_leaves_the_rng_alone():
+    import model.precision as precision
+
+    torch.manual_seed(5)
+    precision.cpu_bf16_speedup.cache_clear()
+    speedup = precision.cpu_bf16_speedup()
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    assert speedup > 0 and torch.equal(after, torch.rand(3))
 
 
 def test_cpu_attention_matches_sdpa_with_and_without_a_mask():
