@@ -109,7 +109,8 @@ def quality_curve(data: str, source: Path, out: Path, params, every: int) -> lis
     step, total = 0, params.train.denoiser_steps
     while step < total:
         t0 = time.perf_counter()
-        summary = train_denoiser(data, ckpt, params, resume=step > 0, stop_after=every, progress=False)
+        summary = train_denoiser(data, ckpt, params, resume=step > 0, stop_after=every, progress=False,
+                                 force_resume=True)  # its own run, in this process: the code is what was imported
         minutes += (time.perf_counter() - t0) / 60
         step = summary["steps"]
         metrics = evaluate(ckpt, out / f"eval-{step}", params, data=data, progress=False, track=False)

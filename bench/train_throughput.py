@@ -11,7 +11,10 @@ step as each loop runs it: the article re-encodes video, audio and captions thro
 text encoder every step, tinyveo reads cached latents and caption states. tinyveo trains in its
 train.precision (bf16 autocast where the hardware runs bf16 natively; --precision fp32 to compare);
 the article's loop runs in fp32 as written, and its denoisers are also timed under tinyveo's autocast
-so the table shows how much of the ratio is precision.
+so the table shows how much of the ratio is precision. tinyveo's step includes its EMA update, and is
+also timed with its upsampler on every item of the batch, the article's work per step. Last, the
+step's FLOPs (matrix products, forward + backward) per second against the measured matmul ceiling of
+fp32 and bf16 on this machine.
 """
 from __future__ import annotations
 
@@ -36,8 +39,45 @@ def _timed(fn, rounds: int, steps: int) -> list[float]:
     return out
 
 
+def matmul_ceiling(dtype) -> dict[str, float]:
+    """Measured FLOP/s of plain matrix products in `dtype`: the denoiser's typical shape and 2048^3."""
+    import torch
+
+    out = {}
+    for name, (m, k, n) in (("4800x128@128x512", (4800, 128, 512)), ("2048^3", (2048, 2048, 2048))):
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        a @ b
+        reps = max(3, int(2e10 // (2 * m * k * n)))
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        out[name] = 2 * m * k * n * reps / (time.perf_counter() - t0)
+    return out
+
+
+def report_flops(step, seconds: float, amp) -> None:
+    """FLOPs of one training step (torch's FlopCounterMode: matrix products, forward + backward) at
+    the measured step time, against the measured matmul ceiling of the precision the step runs in."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    achieved = flops / seconds
+    label = "bf16" if amp is not None else "fp32"
+    print(f"\n# tinyveo step: {flops / 1e9:.1f} GFLOP (matrix products, forward + backward) in {seconds:.3f} s = "
+          f"{achieved / 1e12:.3f} TFLOP/s, in {label}")
+    for dtype in (torch.float32, torch.bfloat16):
+        for shape, ceiling in matmul_ceiling(dtype).items():
+            mark = "  <- the step's precision" if (dtype is torch.bfloat16) == (amp is not None) else ""
+            print(f"matmul {shape:<18} {str(dtype).split('.')[-1]:<9} {ceiling / 1e12:7.3f} TFLOP/s; "
+                  f"the step reaches {achieved / ceiling:6.1%} of it{mark}")
+
+
 def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int = 3) -> None:
     """tinyveo vs the article's denoiser at identical dims and batch, alternating rounds."""
+    import copy
     import statistics
     import sys
 
@@ -50,7 +90,7 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
                        base_denoiser_loss, from_params, noise_schedulers, upsampler_loss)
     from tasks.cache import MultiModalDataset
     from model.precision import autocast
-    from tasks.training import make_optimizer, training_precision
+    from tasks.training import make_optimizer, training_precision, update_ema
 
     torch.manual_seed(0)
     c, d, t = params.conditioning, params.diffusion, params.train
@@ -62,6 +102,7 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
     base, up = JointDenoisingTransformer(cfg.base), JointDenoisingTransformer(cfg.upsampler)
     tv_params = list(base.parameters()) + list(up.parameters())
     tv_opt = make_optimizer(tv_params, 1e-4, 0.0)  # as tinyveo trains (fused AdamW)
+    base_ema, up_ema = copy.deepcopy(base).requires_grad_(False), copy.deepcopy(up).requires_grad_(False)
     sched, up_sched = noise_schedulers(d)
     items = ArticleDataset(MultiModalDataset(data_dir / "cache", split="train"))
     real = collate([items[i] for i in range(batch)])
@@ -72,11 +113,11 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
     img_b, img_u = torch.randn(batch, *cfg.base.image_latent_shape), torch.randn(batch, *cfg.upsampler.image_latent_shape)
     has_image = torch.rand(batch) < 0.25
     n_up = min((t.upsampler_batch_size or batch), batch)  # as training: the upsampler sees the first n_up items
-    up_ctx = TextEmbedding(ctx.pooled[:n_up], ctx.tokens[:n_up], ctx.mask[:n_up])
 
     amp = training_precision(t, torch.device("cpu"))  # as tinyveo trains: train.precision (bf16 autocast where native)
 
-    def tinyveo_step() -> None:
+    def tinyveo_step(n_up: int = n_up) -> None:
+        up_ctx = TextEmbedding(ctx.pooled[:n_up], ctx.tokens[:n_up], ctx.mask[:n_up])
         tv_opt.zero_grad(set_to_none=True)
         with autocast("cpu", amp):
             inputs = DenoiserInputs(ctx, image_latent=img_b, has_image=has_image)
@@ -86,6 +127,8 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
         loss.backward()
         torch.nn.utils.clip_grad_norm_(tv_params, 1.0)
         tv_opt.step()
+        for ema, model in ((base_ema, base), (up_ema, up)):   # as tinyveo's loop: the EMA is part of its step
+            update_ema(ema, model, t.ema_decay)
 
     # The article's model at the same width/depth/heads, its own latent shapes and loss.
     ref = ArticleModel(encoder, ReferenceConfig(dim=b_cfg.dim, depth=b_cfg.depth, heads=b_cfg.heads,
@@ -111,7 +154,8 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
 
     # The article's loop in fp32 as written; its denoisers also under tinyveo's autocast, to show how
     # much of the ratio is precision and how much design.
-    runs = {"tv": tinyveo_step, "den": lambda: reference_step(False), "full": lambda: reference_step(True)}
+    runs = {"tv": tinyveo_step, "tv_all": lambda: tinyveo_step(batch), "den": lambda: reference_step(False),
+            "full": lambda: reference_step(True)}
     if amp is not None:
         runs["den_amp"] = lambda: reference_step(False, amp)
     for fn in runs.values():
@@ -128,6 +172,7 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
     print(f"{'model':<44}{'params (M)':>11}{'s/step':>9}{'samples/s':>11}{'tinyveo x':>11}")
     rows = [
         (f"tinyveo denoisers (base + upsampler on {n_up} of {batch})", n(base) + n(up), m_tv),
+        (f"tinyveo, upsampler on all {batch} (the article's work)", n(base) + n(up), statistics.median(times["tv_all"])),
         ("article denoisers, latents given", n(ref.base_denoiser) + n(ref.upsampler_denoiser), m_den),
         ("article loop step (re-encodes VAEs + text)", n(ref.base_denoiser) + n(ref.upsampler_denoiser), m_full),
     ]
@@ -136,6 +181,7 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
                      statistics.median(times["den_amp"])))
     for name, params_m, sec in rows:
         print(f"{name:<44}{params_m:>11.2f}{sec:>9.3f}{batch / sec:>11.1f}{sec / m_tv:>10.2f}x")
+    report_flops(tinyveo_step, m_tv, amp)
 
 
 def main() -> None:
