@@ -54,6 +54,7 @@ class CacheParams:
     shard_size: int = 256
     min_duration_s: float = 0.25
     skip_no_audio: bool = False
+    skip_truncated: bool = True
     workers: int = 2
 
 

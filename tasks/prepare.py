@@ -42,6 +42,9 @@ class PrepareReport:
                 f"skipped {len(self.skipped)}")
 
 
+PROBE_VERSION = 2   # bumped when ProbeInfo gains a field: older cached probes are redone
+
+
 def _probe_all(paths: list[str], min_duration: float, cache_file: Path, mapper: MapFn) -> list[ProbeInfo]:
     """Probe every clip, reusing results for files whose size and mtime are unchanged since the last run."""
     try:
@@ -51,7 +54,7 @@ def _probe_all(paths: list[str], min_duration: float, cache_file: Path, mapper: 
     stamps = {}
     for p in paths:
         st = os.stat(p)
-        stamps[p] = [st.st_size, st.st_mtime_ns, min_duration]
+        stamps[p] = [st.st_size, st.st_mtime_ns, min_duration, PROBE_VERSION]
     todo = [p for p in paths if known.get(p, {}).get("stamp") != stamps[p]]
     for p, info in zip(todo, mapper(probe_clip, [(p, min_duration) for p in todo], "probe")):
         known[p] = {"stamp": stamps[p], "info": info.as_dict()}
@@ -76,7 +79,7 @@ def prepare(source: str | Path, annotations: str | Path, out: str | Path, cache:
     try:
         probes = _probe_all([str(r.video_path) for r in ingested.records], cache.min_duration_s,
                             out / ".probe_cache.json", mapper)
-        accepted = select_clips(ingested.records, probes, cache.skip_no_audio, report)
+        accepted = select_clips(ingested.records, probes, cache.skip_no_audio, report, cache.skip_truncated)
         jobs = audio_jobs(accepted, out, cache.sample_rate)
         extracted = extracted_clips(accepted, jobs, mapper(extract_clip_audio, jobs, "audio"), report)
         pairs = reorganize(pair_inputs(extracted), out)
@@ -89,14 +92,18 @@ def prepare(source: str | Path, annotations: str | Path, out: str | Path, cache:
             pool.shutdown()
 
 
-def select_clips(records: list, probes: list, skip_no_audio: bool, report: PrepareReport) -> list[tuple]:
-    """Keep clips that probed fine, are not duplicates (by content hash) and, when
-    cache.skip_no_audio, have audio; every other clip goes into the report with its reason."""
+def select_clips(records: list, probes: list, skip_no_audio: bool, report: PrepareReport,
+                 skip_truncated: bool = True) -> list[tuple]:
+    """Keep clips that probed fine, are not duplicates (by content hash), are not truncated (when
+    cache.skip_truncated) and, when cache.skip_no_audio, have audio; every other clip goes into the
+    report with its reason."""
     first_by_hash: dict[str, str] = {}
     accepted = []
     for rec, info in zip(records, probes):
         if not info.ok:
             report.skipped.append({"source": rec.rel_path, "record": rec.index, "reason": info.reason})
+        elif info.truncated and skip_truncated:
+            report.skipped.append({"source": rec.rel_path, "record": rec.index, "reason": info.truncation()})
         elif info.content_hash in first_by_hash:
             report.skipped.append({"source": rec.rel_path, "record": rec.index,
                                    "reason": f"duplicate of {first_by_hash[info.content_hash]}"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+TRUNCATION_SLACK_S = 0.5   # declared minus decoded duration beyond this (and 10%) is a truncated file
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,15 @@ class ProbeInfo:
     has_audio: bool = False
     audio_channels: int = 0
     content_hash: str = ""
+    declared_duration: float = 0.0   # what the container says; far more than `duration` decodes: truncated
+
+    @property
+    def truncated(self) -> bool:
+        return self.declared_duration - self.duration > max(TRUNCATION_SLACK_S, 0.1 * self.declared_duration)
+
+    def truncation(self) -> str:
+        return (f"truncated: the container declares {self.declared_duration:.2f} s, only {self.duration:.2f} s "
+                f"({self.frames} frames) decode")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -39,9 +49,10 @@ def probe_clip(path: str | Path, min_duration: float = 0.25) -> ProbeInfo:
     if size == 0:
         return ProbeInfo(str(path), False, "empty file")
     digest = file_sha256(path)
-    has_audio, channels = False, 0
+    has_audio, channels, declared = False, 0, 0.0
     try:
         with av.open(str(path)) as container:
+            declared = declared_seconds(container)
             if container.streams.audio:
                 has_audio = True
                 channels = int(container.streams.audio[0].codec_context.channels or 0)
@@ -57,5 +68,13 @@ def probe_clip(path: str | Path, min_duration: float = 0.25) -> ProbeInfo:
     duration = float(times[-1]) + (step if step > 0 else 0.0)
     if duration < min_duration:
         return ProbeInfo(str(path), False, f"too short ({duration:.2f} s < {min_duration} s)", duration, fps,
-                         width, height, n, has_audio, channels, digest)
-    return ProbeInfo(str(path), True, None, duration, fps, width, height, n, has_audio, channels, digest)
+                         width, height, n, has_audio, channels, digest, declared)
+    return ProbeInfo(str(path), True, None, duration, fps, width, height, n, has_audio, channels, digest, declared)
+
+
+def declared_seconds(container) -> float:
+    """The video duration the container declares (its stream's, else the container's), 0 if none."""
+    stream = container.streams.video[0] if container.streams.video else None
+    if stream is not None and stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return container.duration / 1e6 if container.duration else 0.0

@@ -6,6 +6,7 @@ import builtins
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -164,7 +165,10 @@ def messy(tmp_path_factory, synth_dir):
     lavfi_clip(src / "short.mp4", duration=1.2)
     lavfi_clip(src / "vfr.mp4", extra=("-vf", "select='lt(n\\,10)+not(mod(n\\,3))'", "-fps_mode", "vfr"))
     lavfi_clip(src / "clip.avi", extra=("-c:v", "mpeg4"))
-    extra = ["bad/truncated.mp4", "bad/empty.mp4", "bad/notes.mp4", "bad/duplicate.mp4", "surround.mp4",
+    whole = lavfi_clip(src / "long.mp4", duration=8, extra=("-movflags", "+faststart"))  # index first: a cut file decodes
+    (src / "bad" / "cut.mp4").write_bytes(whole.read_bytes()[: whole.stat().st_size // 6])
+    whole.unlink()
+    extra = ["bad/cut.mp4", "bad/truncated.mp4", "bad/empty.mp4", "bad/notes.mp4", "bad/duplicate.mp4", "surround.mp4",
              "silent.mp4", "short.mp4", "vfr.mp4", "clip.avi"]
     all_records = records + [{"video_path": p.replace("/", "\\"), "summary": f"clip {p}"} for p in extra]
     ann = _write_annotations(src / "annotations.json", all_records)
@@ -185,7 +189,9 @@ def test_prepare_skips_bad_files_with_reasons_and_keeps_good_ones(prepared):
     out, report = prepared
     skipped = {s["source"]: s["reason"] for s in report.skipped}
     # paths were written with Windows separators; the report normalises them to '/'
-    assert set(skipped) == {"bad/truncated.mp4", "bad/empty.mp4", "bad/notes.mp4", "bad/duplicate.mp4"}
+    assert set(skipped) == {"bad/cut.mp4", "bad/truncated.mp4", "bad/empty.mp4", "bad/notes.mp4", "bad/duplicate.mp4"}
+    assert re.fullmatch(r"truncated: the container declares 8\.00 s, only 1\.\d+ s \(\d+ frames\) decode",
+                        skipped["bad/cut.mp4"]), skipped["bad/cut.mp4"]
     assert skipped["bad/empty.mp4"] == "empty file"
     assert "not" in skipped["bad/notes.mp4"] and "not" in skipped["bad/truncated.mp4"]
     assert skipped["bad/duplicate.mp4"].startswith("duplicate of clips/")
@@ -195,7 +201,7 @@ def test_prepare_skips_bad_files_with_reasons_and_keeps_good_ones(prepared):
     assert kept["short.mp4"]["padded"] is True
     assert kept["vfr.mp4"]["padded"] is False
     saved = json.loads((out / "prepare_report.json").read_text())
-    assert len(saved["kept"]) == 11 and len(saved["skipped"]) == 4 and "skipped 4" in saved["summary"]
+    assert len(saved["kept"]) == 11 and len(saved["skipped"]) == 5 and "skipped 5" in saved["summary"]
 
 
 def test_pairs_follow_the_article_layout(prepared):
