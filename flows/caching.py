@@ -11,6 +11,7 @@ from typing import Any
 from prefect.cache_policies import INPUTS, CachePolicy
 
 from tasks.media import file_sha256
+from tasks.runtime import source_digest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,14 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def code_digest() -> str:
     """The digest of this checkout's code, read once per process."""
     return source_digest(ROOT)
-
-
-def source_digest(root: Path) -> str:
-    """sha256 over every .py file of tasks/ and model/ under `root` (path and bytes)."""
-    h = hashlib.sha256()
-    for path in sorted(p for package in ("tasks", "model") for p in (root / package).rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
 
 
 @dataclass

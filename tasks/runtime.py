@@ -1,8 +1,10 @@
 """Small shared helpers for tasks: device choice, seeding, user-facing errors, per-clip process pools."""
 from __future__ import annotations
 
+import hashlib
 import os
 import random
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -68,3 +70,11 @@ def _collect(pool, fn, jobs: list[tuple], bar) -> list:
         out.append(future.result())
         bar.update()
     return out
+
+
+def source_digest(root: Path) -> str:
+    """sha256 over every .py file of tasks/ and model/ under `root` (path and bytes): the code version."""
+    h = hashlib.sha256()
+    for path in sorted(p for package in ("tasks", "model") for p in (root / package).rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()

@@ -28,7 +28,7 @@ from model.precision import autocast, autocast_dtype
 
 from .checkpoint import clear_checkpoints, latest_checkpoint, load_state, load_weights, save_checkpoint, write_stage_files
 from .params import flatten
-from .runtime import UserError, pick_device, seed_everything
+from .runtime import UserError, pick_device, seed_everything, source_digest
 from .tracking import Tracker, loss_curve_png, write_loss_tsv
 
 
@@ -221,15 +221,11 @@ class StageResult:
 RESUMABLE_CHANGES = ("train.vae_steps", "train.denoiser_steps", "train.checkpoint_every", "train.log_every",
                      "train.mlflow", "train.tracking_uri", "train.experiment", "train.device", "train.smoke_steps",
                      "train.smoke_batch_size")
-SOURCE_GLOBS = ("model/*.py", "tasks/**/*.py")
 
 
 def code_version() -> str:
     """Digest of the training code (model/ and tasks/ sources): a code edit changes it."""
-    root, digest = Path(__file__).resolve().parent.parent, hashlib.sha256()
-    for f in sorted(p for pattern in SOURCE_GLOBS for p in root.glob(pattern)):
-        digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
-    return digest.hexdigest()[:16]
+    return source_digest(Path(__file__).resolve().parent.parent)[:16]
 
 
 def fingerprint(params, manifest) -> dict[str, Any]:

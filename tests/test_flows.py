@@ -56,7 +56,8 @@ def test_pipeline_cli_runs_end_to_end_and_the_second_run_reuses_per_clip_work(tm
 def test_the_per_clip_cache_key_follows_code_and_file_content(tmp_path):
     import shutil
 
-    from flows.caching import CodeAndInputs, source_digest
+    from flows.caching import CodeAndInputs
+    from tasks.runtime import source_digest
 
     root = tmp_path / "repo"
     for package in ("tasks", "model"):
