@@ -12,11 +12,13 @@ A checkpoint is written into a temporary folder, renamed into place, and only th
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -54,6 +56,29 @@ def save_checkpoint(stage_dir: str | Path, step: int, weights: dict[str, dict[st
     for old in sorted(p for p in stage_dir.glob("step-*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+@contextmanager
+def folder_lock(folder: str | Path) -> Iterator[None]:
+    """One training run per checkpoint folder: a second one is refused (flock, released on exit or kill)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".tinyveo.lock", "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise UserError(f"{folder}: another tinyveo run is training here (pid {holder}); wait for it to end "
+                            "or give another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def clear_checkpoints(stage_dir: str | Path) -> None:

@@ -78,7 +78,7 @@ def train_denoiser(data_dir: str | Path, checkpoint: str | Path, params: Params,
                    force_resume: bool = False) -> dict[str, Any]:
     """Train both denoisers into CHECKPOINT/denoiser from CHECKPOINT/latents; returns the stage summary."""
     manifest, stage_dir = read_manifest(Path(data_dir) / "cache"), Path(checkpoint) / DENOISER_DIR
-    with stage_session("train_denoiser", params, manifest, device) as (dist, dev, tracker):
+    with stage_session("train_denoiser", params, manifest, device, checkpoint) as (dist, dev, tracker):
         latents, widths = read_latents(checkpoint, manifest["key"].tolist())
         cfg = from_params(params, **widths)
         torch.manual_seed(params.seed + 1)

@@ -75,7 +75,7 @@ def train_vae(data_dir: str | Path, checkpoint: str | Path, params: Params, *, r
     """Train both VAEs into CHECKPOINT/vae; returns the stage summary."""
     dataset = MultiModalDataset(Path(data_dir) / "cache")
     manifest, stage_dir = dataset.manifest, Path(checkpoint) / VAE_DIR
-    with stage_session("train_vae", params, manifest, device) as (dist, dev, tracker):
+    with stage_session("train_vae", params, manifest, device, checkpoint) as (dist, dev, tracker):
         data = dataset.tensors()
         cfg = from_params(params)
         torch.manual_seed(params.seed)

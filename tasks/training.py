@@ -14,7 +14,7 @@ import math
 import os
 import subprocess
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from model.precision import autocast, autocast_dtype
 
-from .checkpoint import clear_checkpoints, latest_checkpoint, load_state, load_weights, save_checkpoint, write_stage_files
+from .checkpoint import clear_checkpoints, folder_lock, latest_checkpoint, load_state, load_weights, save_checkpoint, write_stage_files
 from .params import flatten
 from .runtime import UserError, pick_device, seed_everything, source_digest
 from .tracking import Tracker, loss_curve_png, write_loss_tsv
@@ -351,11 +351,18 @@ def training_rows(manifest) -> list[int]:
 
 
 @contextmanager
-def stage_session(stage: str, params, manifest, device: str | None = None):
-    """One stage's process setup: ranks, device, seeds, determinism and its MLflow run (named by the
-    stage and a digest of its params, so runs with other params stand apart in the MLflow UI).
-    Yields (dist, device, tracker)."""
+def stage_session(stage: str, params, manifest, device: str | None = None, checkpoint: str | Path | None = None):
+    """One stage's process setup: ranks, device, seeds, determinism, the checkpoint folder's lock
+    (rank 0) and its MLflow run (named by the stage and a digest of its params, so runs with other
+    params stand apart in the MLflow UI). Yields (dist, device, tracker)."""
     dist = init_distributed()
+    with folder_lock(checkpoint) if checkpoint is not None and dist.main else nullcontext():
+        with _stage_run(stage, params, manifest, device, dist) as (dev, tracker):
+            yield dist, dev, tracker
+
+
+@contextmanager
+def _stage_run(stage: str, params, manifest, device: str | None, dist: Dist):
     dev = pick_device(device or params.train.device)
     seed_everything(params.seed)
     torch.use_deterministic_algorithms(dev.type == "cpu", warn_only=True)
@@ -365,7 +372,7 @@ def stage_session(stage: str, params, manifest, device: str | None = None):
     tracker.start(f"{stage}-{digest}", tags={"git_commit": git_commit(), "dataset_hash": dataset_hash(manifest)})
     tracker.params(flatten(params.to_dict()))
     try:
-        yield dist, dev, tracker
+        yield dev, tracker
     finally:
         tracker.end()  # the process group lives until the process ends: stages may follow under torchrun
 

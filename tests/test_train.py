@@ -228,6 +228,22 @@ def test_a_fresh_run_moves_the_resumable_one_aside(data_dir, tmp_path, capsys):
     assert load_state(latest_checkpoint(out / "vae"))["step"] == 1
 
 
+def test_a_second_run_in_the_same_folder_is_refused(data_dir, tmp_path):
+    import fcntl
+
+    from tasks.runtime import UserError
+
+    out = tmp_path / "locked"
+    out.mkdir()
+    with open(out / ".tinyveo.lock", "a+") as held:   # what a running `tinyveo train` holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242\n")
+        held.flush()
+        with pytest.raises(UserError, match=r"locked: another tinyveo run is training here \(pid 4242\)"):
+            train(data_dir, out, tiny(), stages=("vae",), stop_after=1)
+    assert train(data_dir, out, tiny(), stages=("vae",), stop_after=1)["vae"]["steps"] == 1   # free again
+
+
 def test_frozen_modules_stay_bit_identical(data_dir, tmp_path):
     out = tmp_path / "frozen"
     params = tiny()
