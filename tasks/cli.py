@@ -238,8 +238,8 @@ def run_generate(args: argparse.Namespace, params) -> int:
                        sampler=args.sampler, seed=args.seed, batch_size=args.batch_size, view_size=args.view_size,
                        device=args.device)
     for r in records:
-        print(f"{r['mp4']}  <- {r['prompt']}")
-    return 0
+        print(f"{r['mp4']}  <- {r['prompt']}" if "mp4" in r else f"FAILED (line {r['line']}): {r['error']}")
+    return 1 if any("error" in r for r in records) else 0
 
 
 def run_evaluate(args: argparse.Namespace, params) -> int:

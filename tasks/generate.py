@@ -10,6 +10,7 @@ NAME.png (the frames with the spectrogram beneath), plus samples.jsonl indexing 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,13 +37,25 @@ def generate(checkpoint: str | Path, specs: Sequence[PromptSpec], out: str | Pat
     seed = params.seed if seed is None else seed
     out = Path(out)
     records: list[dict[str, Any]] = []
-    for group, result in generate_batches(pipe, specs, settings, seed, batch_size, progress):
-        for row, spec in enumerate(group):
-            name = f"{len(records) + 1:03d}-{slug(spec.prompt)}"
-            files = write_sample(out, name, result.video[row], result.audio[row], result.sample_rate, result.fps,
-                                 spec.prompt, view_size)
-            records.append({"name": name, "prompt": spec.prompt, "image": spec.image, **files, **settings,
-                            "seed": seed})
-    with atomic_path(out / "samples.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    failed = 0
+    for group, result in generate_batches(pipe, specs, settings, seed, batch_size, progress, keep_going=True):
+        if isinstance(result, UserError):   # one bad line never loses the others
+            failed += len(group)
+            print(f"tinyveo generate: skipped: {result}", file=sys.stderr)
+            records += [{"line": spec.line, "prompt": spec.prompt, "error": str(result)} for spec in group]
+        else:
+            for row, spec in enumerate(group):
+                name = f"{len(records) + 1:03d}-{slug(spec.prompt)}"
+                files = write_sample(out, name, result.video[row], result.audio[row], result.sample_rate, result.fps,
+                                     spec.prompt, view_size)
+                records.append({"name": name, "line": spec.line, "prompt": spec.prompt, "image": spec.image, **files,
+                                **settings, "seed": seed})
+        write_index(out / "samples.jsonl", records)   # after every batch: an interrupted run keeps its index
+    if failed == len(specs):
+        raise UserError(f"no clip generated: every prompt failed ({records[0]['error']})")
     return records
+
+
+def write_index(path: Path, records: list[dict[str, Any]]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")

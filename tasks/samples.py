@@ -40,6 +40,7 @@ class PromptSpec:
     image: str | None = None
     attributes: dict[str, str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    line: int | None = None           # its line in the prompts file
 
 
 def confined_image(prompts_file: Path, number: int, image: Any, allow_outside: bool) -> str:
@@ -80,9 +81,9 @@ def read_prompts(path: str | Path, allow_outside: bool = False) -> list[PromptSp
             if image is not None:
                 image = confined_image(path, number, image, allow_outside)
             extra = {k: v for k, v in record.items() if k not in ("prompt", "image", "attributes")}
-            specs.append(PromptSpec(record["prompt"].strip(), image, record.get("attributes"), extra))
+            specs.append(PromptSpec(record["prompt"].strip(), image, record.get("attributes"), extra, number))
     else:
-        specs = [PromptSpec(line) for _, line in lines]
+        specs = [PromptSpec(line, line=number) for number, line in lines]
     return specs
 
 
@@ -217,21 +218,31 @@ def group_specs(specs: Sequence[PromptSpec], batch_size: int) -> list[list[Promp
 
 
 def generate_batches(pipe, specs: Sequence[PromptSpec], settings: dict[str, Any], seed: int, batch_size: int,
-                     progress: bool = False, desc: str = "generate") -> Iterator[tuple[list[PromptSpec], Any]]:
-    """Yield (specs, GeneratedContent) per batch. Batch k uses seed + k; an i2v batch's images are
-    resized to its first image's size."""
-    images = {s.image: load_image(s.image) for s in specs if s.image}
+                     progress: bool = False, desc: str = "generate", keep_going: bool = False,
+                     ) -> Iterator[tuple[list[PromptSpec], Any]]:
+    """Yield (specs, GeneratedContent) per batch, streaming: a batch's images are read when it runs.
+    Batch k uses seed + k; an i2v batch's images are resized to its first image's size. With
+    `keep_going`, a batch whose input is bad yields (specs, the UserError) and the rest go on."""
     bar = tqdm(total=len(specs), desc=desc, unit="clip", disable=not progress)
     for k, group in enumerate(group_specs(specs, batch_size)):
-        image = None
-        if group[0].image:
-            first = images[group[0].image]
-            same = all(images[s.image].shape == first.shape for s in group)
-            image = torch.stack([images[s.image] if same else
-                                 resize_like(images[s.image], first) for s in group])
-        result = pipe.generate_content([s.prompt for s in group], image, seed=seed + k, **settings)
-        bar.update(len(group))
-        yield group, result
+        images: list[torch.Tensor] = []
+        for spec in list(group):
+            if not spec.image:
+                continue
+            try:
+                images.append(load_image(spec.image))
+            except UserError as exc:
+                if not keep_going:
+                    raise
+                group.remove(spec)
+                bar.update(1)
+                yield [spec], exc
+        if group:
+            image = torch.stack([im if im.shape == images[0].shape else resize_like(im, images[0]) for im in images]) \
+                if images else None
+            result = pipe.generate_content([s.prompt for s in group], image, seed=seed + k, **settings)
+            bar.update(len(group))
+            yield group, result
     bar.close()
 
 

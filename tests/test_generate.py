@@ -193,6 +193,45 @@ def test_generate_errors_name_the_problem(trained_checkpoint, tmp_path, capsys):
     assert "no denoiser checkpoint" in err
 
 
+def test_a_long_prompts_file_streams_and_a_bad_line_loses_nothing_else(trained_checkpoint, tmp_path, monkeypatch,
+                                                                        capsys):
+    from PIL import Image
+
+    import tasks.samples as samples
+
+    folder = tmp_path / "p"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), (10, 200, 10)).save(folder / "ok.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    lines = [{"prompt": f"a red circle moves from left to right, take {i}"} for i in range(40)]
+    lines[5] = {"prompt": "a green square", "image": "broken.png"}
+    lines[6] = {"prompt": "a green square", "image": "ok.png"}
+    (folder / "many.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    loaded: list[str] = []
+    real_load = samples.load_image
+    monkeypatch.setattr(samples, "load_image", lambda p: loaded.append(p) or real_load(p))
+    seen: list[int] = []   # how many images were read when each batch started: streamed, not all up front
+    from model.pipeline import TinyVeo
+
+    real_generate = TinyVeo.generate_content
+
+    def spy(self, prompts, image=None, **kw):
+        seen.append(len(loaded))
+        return real_generate(self, prompts, image, **kw)
+
+    monkeypatch.setattr(TinyVeo, "generate_content", spy)
+    argv = ["generate", "--checkpoint", str(trained_checkpoint), "--prompts", str(folder / "many.jsonl"),
+            "--out", str(tmp_path / "out"), "--batch-size", "8", "--steps", "2", "--set", "sample.upsampler_steps=1"]
+    assert cli_main(argv) == 1   # one line failed: non-zero, the rest written
+    out = capsys.readouterr()
+    assert "FAILED (line 6): " in out.out and "broken.png: unreadable image" in out.out
+    index = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert len(index) == 40 and [r["line"] for r in index if "error" in r] == [6]
+    assert all(Path(r["mp4"]).exists() for r in index if "error" not in r)
+    assert index[6]["image"].endswith("ok.png")   # the good image in the bad line's batch still ran
+    assert seen[0] == 0 and seen[-1] == 2   # the first batch ran before any image was read
+
+
 def test_evaluate_reports_every_metric(trained_checkpoint, prepared_data, tiny_clip_dir, tmp_path):
     from tasks.evaluate import evaluate
 
