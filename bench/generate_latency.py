@@ -1,10 +1,11 @@
 """Benchmark: seconds per generated clip (base + upsampler + VAE decoders) for each sampler and step
 count, at batch 1 and batch 8, with the attribute accuracy each setting reaches on held-out prompts.
 Ratios are against the article's setting (DDPM, 50 steps per stage), measured in the same run on the
-same trained checkpoint, and against the article's own pipeline (bench/reference: its denoisers at its
-default width 256, 50 + 50 DDPM steps, no guidance, its VAE decoders), timed in the same run. The
-article's model is not trained here (timing does not depend on the weights); its accuracy is in
-bench/quality.py. Not a test.
+same trained checkpoint, and against the article's own pipeline (bench/reference: its denoisers at
+tinyveo's base width unless --article-width, 50 + 50 DDPM steps, no guidance, its VAE decoders),
+timed in the same run, as it is and with denormal floats flushed to zero (an untrained model's
+sampling can drift into denormals, which x86 computes ~100x slower). The article's model is not
+trained here; its accuracy is in bench/quality.py. Not a test.
 
     scripts/env.sh python bench/generate_latency.py --checkpoint checkpoints --data data
     scripts/env.sh python bench/generate_latency.py --settings dpm:10,dpm:20,ddpm:50 --prompts 48
@@ -38,6 +39,8 @@ def main() -> None:
     parser.add_argument("--guidance-interval", default=None,
                         help="LO,HI timesteps where guidance applies, or 'all' (default: params sample.guidance_interval)")
     parser.add_argument("--repeats", type=int, default=3, help="timed batch-1 clips per setting (median)")
+    parser.add_argument("--article-width", type=int, default=None, help="the article's denoiser width (default: "
+                        "tinyveo's base width, like for like; the article's own is 256)")
     parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="tinyveo's sampling precision (default: params sample.precision); the article's runs in fp32")
     args = parser.parse_args()
@@ -94,21 +97,30 @@ def main() -> None:
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from reference.article import ReferenceConfig
     from reference.loop import ArticleModel, generate_content
 
-    article = ArticleModel(pipe.encoder)
-    for n in (1, 8):
-        generate_content(article, prompts[:n], steps=2)
-    one, t8 = [], []
-    for r in range(args.repeats):
-        t0 = time.perf_counter()
-        generate_content(article, prompts[r % len(prompts)], generator=torch.Generator().manual_seed(r))
-        one.append(time.perf_counter() - t0)
-    for k in range(0, min(len(prompts), 16), 8):
-        t0 = time.perf_counter()
-        generate_content(article, prompts[k:k + 8], generator=torch.Generator().manual_seed(k))
-        t8.append((time.perf_counter() - t0) / len(prompts[k:k + 8]))
-    article_row = {"s_per_clip_b1": float(np.median(one)), "s_per_clip_b8": float(np.median(t8))}
+    width = args.article_width or pipe.base.config.dim
+    article = ArticleModel(pipe.encoder, ReferenceConfig(dim=width, text_dim=pipe.encoder.text_dim))
+
+    def time_article() -> dict[str, float]:
+        for n in (1, 8):
+            generate_content(article, prompts[:n], steps=2)
+        one, t8 = [], []
+        for r in range(args.repeats):
+            t0 = time.perf_counter()
+            generate_content(article, prompts[r % len(prompts)], generator=torch.Generator().manual_seed(r))
+            one.append(time.perf_counter() - t0)
+        for k in range(0, min(len(prompts), 16), 8):
+            t0 = time.perf_counter()
+            generate_content(article, prompts[k:k + 8], generator=torch.Generator().manual_seed(k))
+            t8.append((time.perf_counter() - t0) / len(prompts[k:k + 8]))
+        return {"s_per_clip_b1": float(np.median(one)), "s_per_clip_b8": float(np.median(t8))}
+
+    article_row = time_article()
+    torch.set_flush_denormal(True)
+    flushed_row = time_article()
+    torch.set_flush_denormal(False)
 
     ref = next((r for r in rows if r["setting"] == "ddpm:50"), rows[-1])
     print(f"# generate latency  torch {torch.__version__}  threads {torch.get_num_threads()}  {platform.processor() or platform.machine()}")
@@ -123,7 +135,10 @@ def main() -> None:
               + " ".join(f"{r[k]:>9.2f}" for k in keys))
     print(f"{'article':<10} {article_row['s_per_clip_b1']:>9.3f} {article_row['s_per_clip_b8']:>9.3f} "
           f"{ref['s_per_clip_b1'] / article_row['s_per_clip_b1']:>6.1f} {ref['s_per_clip_b8'] / article_row['s_per_clip_b8']:>6.1f}"
-          "   (the article's pipeline: ddpm 50 + 50, no guidance; accuracy: bench/quality.py)")
+          f"   (the article's pipeline at width {width}: ddpm 50 + 50, no guidance; accuracy: bench/quality.py)")
+    print(f"{'article, denormals flushed':<10} {flushed_row['s_per_clip_b1']:>9.3f} {flushed_row['s_per_clip_b8']:>9.3f}"
+          f"   (b1 / b8 per clip: {article_row['s_per_clip_b1'] / article_row['s_per_clip_b8']:.1f}x as it is, "
+          f"{flushed_row['s_per_clip_b1'] / flushed_row['s_per_clip_b8']:.1f}x flushed)")
     print("# speed-up of each tinyveo setting over the article's pipeline (s/clip article / s/clip setting):")
     for r in rows:
         print(f"#   {r['setting']:<10} b1 {article_row['s_per_clip_b1'] / r['s_per_clip_b1']:>6.1f}x   "
