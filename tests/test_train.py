@@ -316,6 +316,35 @@ def test_ddp_two_processes_on_cpu(data_dir, tmp_path, self_condition):
     assert after < before
 
 
+def ddp_train_denoiser(data, out, *args: str, fault: str | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "tasks.cli", "train-denoiser", "--data", str(data), "--out", str(out), *args]
+    for o in TRAIN_OVERRIDES + ["train.checkpoint_every=2"]:
+        cmd += ["--set", o]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **({"TINYVEO_FAULT_AT": fault} if fault else {})}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_ddp_killed_at_a_checkpoint_and_resumed_ends_as_the_uninterrupted_run(data_dir, straight_denoiser, tmp_path):
+    import shutil
+
+    for name in ("straight", "killed"):
+        for stage in ("vae", "latents"):
+            shutil.copytree(straight_denoiser / stage, tmp_path / name / stage)
+    done = ddp_train_denoiser(data_dir, tmp_path / "straight")
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = ddp_train_denoiser(data_dir, tmp_path / "killed", fault="checkpoint:2")   # rank 0, saving step 4
+    assert killed.returncode != 0
+    assert load_state(latest_checkpoint(tmp_path / "killed" / "denoiser"))["step"] == 2
+    resumed = ddp_train_denoiser(data_dir, tmp_path / "killed", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = latest_checkpoint(tmp_path / "straight" / "denoiser"), latest_checkpoint(tmp_path / "killed" / "denoiser")
+    assert a.name == b.name == "step-0000008"
+    for module in ("base", "upsampler", "base_ema", "upsampler_ema"):
+        wa, wb = load_weights(a, module), load_weights(b, module)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), module
+
+
 def test_latents_of_another_cache_are_refused(data_dir, tmp_path):
     from tasks.checkpoint import read_latents
     from tasks.runtime import UserError
