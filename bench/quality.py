@@ -12,6 +12,8 @@ run with the full-length LR schedule), and the splits in eval.splits are scored 
 Writes curve.tsv, curve.png and curve.json into --out; the minutes are training wall clock (the VAE
 stage as recorded in CKPT, plus the denoiser chunks so far), evaluation time excluded.
 
+    scripts/env.sh python bench/quality.py --compare-curves out/A out/B --out levers.png   # side by side
+
 Without --tinyveo-checkpoint, tinyveo is trained here with params.yaml (both stages) and its wall
 clock (data loading, VAE stage, latent cache, denoiser stage) becomes the reference's budget. With it,
 the budget is the sum of the stage times recorded in that checkpoint's summaries (the latent-cache
@@ -93,6 +95,27 @@ def write_curve(out: Path, rows: list[dict], title: str) -> None:
     plt.close(fig)
 
 
+def compare_curves(folders: list[str], out: Path, split: str = "val") -> None:
+    """One figure: each run's curve.json (its folder name as the label), one panel per score."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ("color", "pitch", "count", "all_correct")
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4))
+    for folder in folders:
+        rows = [r for r in json.loads((Path(folder) / "curve.json").read_text()) if r["split"] == split]
+        for ax, key in zip(axes, keys):
+            ax.plot([r["step"] for r in rows], [r[key] or 0.0 for r in rows], marker="o", label=Path(folder).name)
+    for ax, key in zip(axes, keys):
+        ax.set(title=f"{split} {key}", xlabel="denoiser steps", ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
 def quality_curve(data: str, source: Path, out: Path, params, every: int) -> list[dict]:
     """Train the denoiser stage in chunks from SOURCE's VAE + latents; score eval.splits after each."""
     import shutil
@@ -137,7 +160,11 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override (tinyveo)")
     parser.add_argument("--curve-from", help="checkpoint folder whose vae/ and latents/ the curve's run starts from")
     parser.add_argument("--curve-every", type=int, default=1500, help="denoiser steps between curve points")
+    parser.add_argument("--compare-curves", nargs="+", metavar="DIR", help="plot these curve runs into --out (a .png)")
     args = parser.parse_args()
+    if args.compare_curves:
+        compare_curves(args.compare_curves, Path(args.out))
+        return
 
     params = load_params(overrides=[*args.set, "train.mlflow=false"])
     out = Path(args.out)
