@@ -117,8 +117,7 @@ LATENTS_FILE = "latents.safetensors"
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """JSON, written to a temporary name and renamed."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def write_stage_files(stage_dir: Path, params, summary: dict[str, Any], widths: dict[str, int] | None = None) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .checkpoint import load_pipeline
-from .media import atomic_path
+from .media import write_text_atomic
 from .params import Params
 from .runtime import UserError
 from .samples import PromptSpec, generate_batches, sample_settings, slug, write_sample
@@ -37,10 +37,8 @@ def generate(checkpoint: str | Path, specs: Sequence[PromptSpec], out: str | Pat
     seed = params.seed if seed is None else seed
     out = Path(out)
     records: list[dict[str, Any]] = []
-    failed = 0
     for group, result in generate_batches(pipe, specs, settings, seed, batch_size, progress, keep_going=True):
         if isinstance(result, UserError):   # one bad line never loses the others
-            failed += len(group)
             print(f"tinyveo generate: skipped: {result}", file=sys.stderr)
             records += [{"line": spec.line, "prompt": spec.prompt, "error": str(result)} for spec in group]
         else:
@@ -50,12 +48,8 @@ def generate(checkpoint: str | Path, specs: Sequence[PromptSpec], out: str | Pat
                                      spec.prompt, view_size)
                 records.append({"name": name, "line": spec.line, "prompt": spec.prompt, "image": spec.image, **files,
                                 **settings, "seed": seed})
-        write_index(out / "samples.jsonl", records)   # after every batch: an interrupted run keeps its index
-    if failed == len(specs):
+        # after every batch: an interrupted run keeps its index
+        write_text_atomic(out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    if all("error" in r for r in records):
         raise UserError(f"no clip generated: every prompt failed ({records[0]['error']})")
     return records
-
-
-def write_index(path: Path, records: list[dict[str, Any]]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")

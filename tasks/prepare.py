@@ -17,7 +17,7 @@ from typing import Any, Callable
 from .cache import CacheItem, CacheSettings, write_cache
 from .extract_audio import extract_clip_audio
 from .ingest import ingest
-from .media import atomic_path, file_sha256
+from .media import file_sha256, write_text_atomic
 from .params import CacheParams
 from .probe import ProbeInfo, probe_clip
 from .reorganize import PairInput, reorganize
@@ -58,8 +58,7 @@ def _probe_all(paths: list[str], min_duration: float, cache_file: Path, mapper: 
     todo = [p for p in paths if known.get(p, {}).get("stamp") != stamps[p]]
     for p, info in zip(todo, mapper(probe_clip, [(p, min_duration) for p in todo], "probe")):
         known[p] = {"stamp": stamps[p], "info": info.as_dict()}
-    with atomic_path(cache_file) as tmp:
-        tmp.write_text(json.dumps({p: known[p] for p in paths}), encoding="utf-8")
+    write_text_atomic(cache_file, json.dumps({p: known[p] for p in paths}))
     return [ProbeInfo(**known[p]["info"]) for p in paths]
 
 
@@ -165,7 +164,7 @@ def write_report(items: list, result, out: str | Path, report: PrepareReport) ->
         report.kept.append({"id": item.id, "source": item.source, "modality": item.modality, "has_audio": item.has_audio,
                             "duration": item.duration, "fps": item.fps, "padded": result.padded[item.source],
                             "split": item.split, "content_hash": item.content_hash})
-    with atomic_path(Path(out) / "prepare_report.json") as tmp:
-        tmp.write_text(json.dumps({"summary": report.summary(), "kept": report.kept, "skipped": report.skipped},
-                                  indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(Path(out) / "prepare_report.json",
+                      json.dumps({"summary": report.summary(), "kept": report.kept, "skipped": report.skipped},
+                                 indent=1) + "\n")
     return report

@@ -226,17 +226,18 @@ def generate_batches(pipe, specs: Sequence[PromptSpec], settings: dict[str, Any]
     bar = tqdm(total=len(specs), desc=desc, unit="clip", disable=not progress)
     for k, group in enumerate(group_specs(specs, batch_size)):
         images: list[torch.Tensor] = []
-        for spec in list(group):
-            if not spec.image:
-                continue
+        kept: list[PromptSpec] = []
+        for spec in group:
             try:
-                images.append(load_image(spec.image))
+                images += [load_image(spec.image)] if spec.image else []
             except UserError as exc:
                 if not keep_going:
                     raise
-                group.remove(spec)
                 bar.update(1)
                 yield [spec], exc
+                continue
+            kept.append(spec)
+        group = kept
         if group:
             image = torch.stack([im if im.shape == images[0].shape else resize_like(im, images[0]) for im in images]) \
                 if images else None

@@ -88,7 +88,7 @@ def train_vae(data_dir: str | Path, checkpoint: str | Path, params: Params, *, r
         loss_fn = vae_loss_fn(modules, data, rows, cfg, params.train.vae_upsampled_batch_size, dev)
         result = run_loop("vae", state, loss_fn, settings, stage_dir, dist, tracker, stop_after=stop_after,
                           amp=(dev.type, precision), progress=progress)
-        result.metrics = scale_and_measure(video_vae, audio_vae, data, manifest, rows, dev)
+        result.metrics.update(scale_and_measure(video_vae, audio_vae, data, manifest, rows, dev))
         if not dist.main:
             return {}
         save_vaes(checkpoint, {"video_vae": video_vae, "audio_vae": audio_vae})

@@ -170,8 +170,8 @@ class TrainState:
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
 
-    def load(self, folder: Path, dist: Dist) -> None:
-        state = load_state(folder)
+    def load(self, folder: Path, dist: Dist, state: dict[str, Any] | None = None) -> None:
+        state = state if state is not None else load_state(folder)
         for k, m in self.modules.items():
             unwrap(m).load_state_dict(load_weights(folder, k))
         for k, e in self.emas.items():
@@ -273,14 +273,14 @@ def start_or_resume(state: TrainState, stage_dir: Path, resume: bool, dist: Dist
         td.barrier()  # rank 0 has moved the folder before any rank looks for checkpoints
     if folder is None:
         return
-    saved = json.loads(load_state(folder).get("fingerprint", "{}"))
+    saved_state = load_state(folder)
+    saved = json.loads(saved_state.get("fingerprint", "{}"))
     changes = fingerprint_changes(saved, expected) if expected else []
     if changes and not force_resume:
         listed = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
         raise UserError(f"{folder}: cannot resume, the run changed since this checkpoint: {listed}. "
                         "Run without --resume for a fresh run (the old one is moved aside), or pass --resume-anyway")
-    state.load(folder, dist)
-    state.fingerprint = expected or {}
+    state.load(folder, dist, saved_state)
 
 
 def run_loop(name: str, state: TrainState, loss_fn: Callable[[list[int], torch.Generator], dict[str, torch.Tensor]],
