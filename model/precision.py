@@ -41,16 +41,17 @@ def block_seconds(dtype: torch.dtype | None, dim: int = 128, tokens: int = 256, 
     """Median seconds of one TransformerBlock forward + backward under autocast `dtype` (None: fp32)."""
     from .layers import TransformerBlock
 
-    g = torch.Generator().manual_seed(0)
-    block = TransformerBlock(dim, heads=4)
-    x, c = torch.randn(batch, tokens, dim, generator=g), torch.randn(batch, dim, generator=g)
     times = []
-    for _ in range(repeats + 1):   # the first round warms the kernels up
-        t0 = time.perf_counter()
-        with autocast("cpu", dtype):
-            out = block(x, c)
-        out.float().square().mean().backward()
-        times.append(time.perf_counter() - t0)
+    with torch.inference_mode(False), torch.enable_grad():   # also when asked from inside sampling's no_grad
+        g = torch.Generator().manual_seed(0)
+        block = TransformerBlock(dim, heads=4)
+        x, c = torch.randn(batch, tokens, dim, generator=g), torch.randn(batch, dim, generator=g)
+        for _ in range(repeats + 1):   # the first round warms the kernels up
+            t0 = time.perf_counter()
+            with autocast("cpu", dtype):
+                out = block(x, c)
+            out.float().square().mean().backward()
+            times.append(time.perf_counter() - t0)
     return sorted(times[1:])[repeats // 2]
 
 

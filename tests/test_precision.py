@@ -55,6 +55,17 @@ def test_the_bf16_measurement_leaves_the_rng_alone():
     assert speedup > 0 and torch.equal(after, torch.rand(3))
 
 
+def test_the_bf16_measurement_runs_inside_sampling_no_grad_and_inference_mode():
+    """`precision: auto` is first asked at sampling time, under no_grad: the measurement's backward
+    must still run there (it raised on a CPU with native bf16, where auto measures)."""
+    import model.precision as precision
+
+    for context in (torch.no_grad, torch.inference_mode):
+        precision.cpu_bf16_speedup.cache_clear()
+        with context():
+            assert precision.cpu_bf16_speedup() > 0
+
+
 def test_cpu_attention_matches_sdpa_with_and_without_a_mask():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 10, 8, generator=g) for _ in range(3))
