@@ -105,7 +105,18 @@ def load_weights(folder: str | Path, module: str) -> dict[str, torch.Tensor]:
 
 
 def load_state(folder: str | Path) -> dict[str, Any]:
-    return torch.load(Path(folder) / "state.pt", weights_only=True)
+    """A checkpoint's training state (weights_only: no pickled code runs); an unreadable file is a UserError."""
+    path = Path(folder) / "state.pt"
+    try:
+        state = torch.load(path, weights_only=True)
+    except FileNotFoundError as exc:
+        raise UserError(f"{path}: missing; the checkpoint folder is incomplete") from exc
+    except Exception as exc:  # torch raises pickle, EOF, zip and runtime errors for a damaged file
+        raise UserError(f"{path}: not a readable training state ({exc.__class__.__name__}: "
+                        f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else 'empty'})") from exc
+    if not isinstance(state, dict) or "step" not in state:
+        raise UserError(f"{path}: not a tinyveo training state (no step recorded)")
+    return state
 
 
 # ---- the checkpoint folder's layout ------------------------------------------------------------
@@ -141,13 +152,15 @@ def load_vaes(checkpoint: str | Path, cfg, device) -> tuple[Any, Any]:
         path = Path(checkpoint) / VAE_DIR / f"{name}.safetensors"
         if not path.exists():
             raise UserError(f"{path}: no trained VAE (run `tinyveo train-vae` first)")
-        _load_into(module, path)
+        load_module(module, path.parent, name)
     return video_vae.requires_grad_(False).eval(), audio_vae.requires_grad_(False).eval()
 
 
-def _load_into(module: torch.nn.Module, path: Path, config_path: Path | None = None) -> None:
+def load_module(module: torch.nn.Module, folder: str | Path, name: str, config_path: Path | None = None) -> None:
+    """FOLDER/NAME.safetensors into `module`; a missing, unreadable or mismatched file is one UserError."""
+    path = Path(folder) / f"{name}.safetensors"
     try:
-        module.load_state_dict(load_weights(path.parent, path.stem))
+        module.load_state_dict(load_weights(folder, name))
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from exc
     except SafetensorError as exc:
@@ -189,7 +202,7 @@ def load_pipeline(checkpoint: str | Path, device: str | None = None):
         raise UserError(f"{ckpt / DENOISER_DIR}: no denoiser checkpoint (run `tinyveo train-denoiser`)")
     base, upsampler = JointDenoisingTransformer(cfg.base), JointDenoisingTransformer(cfg.upsampler)
     for module, name in ((base, "base_ema"), (upsampler, "upsampler_ema")):
-        _load_into(module, folder / f"{name}.safetensors", config_path)
+        load_module(module, folder, name, config_path)
     scheduler, up_scheduler = noise_schedulers(params.diffusion)
     fps = params.cache.num_frames / params.cache.window_s
     return TinyVeo(cfg, encoder, video_vae, audio_vae, base, upsampler, scheduler, fps, up_scheduler).to(dev), params

@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from model.precision import autocast, autocast_dtype
 
-from .checkpoint import clear_checkpoints, folder_lock, latest_checkpoint, load_state, load_weights, save_checkpoint, write_stage_files
+from .checkpoint import (clear_checkpoints, folder_lock, latest_checkpoint, load_module, load_state, save_checkpoint,
+                         write_stage_files)
 from .params import flatten
 from .runtime import UserError, pick_device, seed_everything, source_digest
 from .tracking import Tracker, loss_curve_png, write_loss_tsv
@@ -173,9 +174,9 @@ class TrainState:
     def load(self, folder: Path, dist: Dist, state: dict[str, Any] | None = None) -> None:
         state = state if state is not None else load_state(folder)
         for k, m in self.modules.items():
-            unwrap(m).load_state_dict(load_weights(folder, k))
+            load_module(unwrap(m), folder, k)
         for k, e in self.emas.items():
-            e.load_state_dict(load_weights(folder, f"{k}_ema"))
+            load_module(e, folder, f"{k}_ema")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         rngs = state["rng"]

@@ -59,6 +59,10 @@ def test_bad_override_is_one_clear_line():
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "denoiser.base.dpth" in lines[0] and "known here" in lines[0]
+    proc = subprocess.run([sys.executable, "-m", "tasks.cli", "smoke", "--set", "train.smoke_steps=many"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "train.smoke_steps: expected int" in lines[0], lines
 
 
 def test_params_file_errors_name_the_file(tmp_path):

@@ -132,9 +132,9 @@ def test_an_infinite_gradient_skips_the_step_and_nothing_non_finite_is_saved(dat
         assert all(bool(torch.isfinite(v).all()) for v in tensors.values() if v.is_floating_point()), f
 
 
-def train_denoiser_cli(data, out, *args: str, fault: str | None = None) -> int:
+def train_denoiser_cli(data, out, *args: str, fault: str | None = None, extra: tuple[str, ...] = ()) -> int:
     cmd = [sys.executable, "-m", "tasks.cli", "train-denoiser", "--data", str(data), "--out", str(out), *args]
-    for o in TRAIN_OVERRIDES + ["train.checkpoint_every=2"]:
+    for o in TRAIN_OVERRIDES + ["train.checkpoint_every=2", *extra]:
         cmd += ["--set", o]
     env = {**os.environ, "TINYVEO_FAULT_AT": fault} if fault else None
     return subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
@@ -181,6 +181,28 @@ def test_kill_at_a_write_point_keeps_the_previous_file_and_resume_is_exact(data_
         assert all(torch.equal(wa[k], wb[k]) for k in wa), module
 
 
+def test_bf16_killed_at_a_checkpoint_and_resumed_ends_as_the_uninterrupted_run(data_dir, straight_denoiser, tmp_path):
+    """The same fault injection under bf16 autocast: kill -9 while saving step 6, resume, and the
+    weights equal those of a bf16 run that was never interrupted."""
+    import shutil
+
+    bf16 = ("train.precision=bf16",)
+    runs = {name: tmp_path / name for name in ("straight", "killed")}
+    for out in runs.values():
+        for stage in ("vae", "latents"):
+            shutil.copytree(straight_denoiser / stage, out / stage)
+    assert train_denoiser_cli(data_dir, runs["straight"], extra=bf16) == 0
+    assert train_denoiser_cli(data_dir, runs["killed"], "--stop-after", "4", extra=bf16) == 0
+    assert train_denoiser_cli(data_dir, runs["killed"], "--resume", fault="checkpoint", extra=bf16) == -signal.SIGKILL
+    assert load_state(latest_checkpoint(runs["killed"] / "denoiser"))["step"] == 4
+    assert train_denoiser_cli(data_dir, runs["killed"], "--resume", extra=bf16) == 0
+    a, b = (latest_checkpoint(runs[name] / "denoiser") for name in ("straight", "killed"))
+    assert json.loads((runs["killed"] / "denoiser" / "summary.json").read_text())["precision"] == "bf16"
+    for module in ("base", "upsampler", "base_ema", "upsampler_ema"):
+        wa, wb = load_weights(a, module), load_weights(b, module)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), module
+
+
 def test_an_atomic_write_killed_midway_leaves_the_old_file(tmp_path):
     """Every output goes through tasks.media.atomic_path: killed between the write and the rename,
     the target still holds the old content (the new one stays under a temporary name no reader opens)."""
@@ -213,6 +235,33 @@ def test_resume_refuses_a_changed_run_and_names_what_changed(data_dir, tmp_path,
 
     forced = train_vae(data_dir, out, tiny(), resume=True, stop_after=1, progress=False, force_resume=True)
     assert forced["steps"] == 4
+
+
+def test_resume_from_a_damaged_or_foreign_checkpoint_is_one_line_naming_the_file(data_dir, tmp_path, capsys):
+    """An empty or garbage state.pt, and weights of another model shape (forced past the fingerprint),
+    each end `tinyveo train-vae --resume` with exit 2 and one line naming the file and the reason."""
+    from tasks.cli import main as cli_main
+
+    out = tmp_path / "damaged"
+    train(data_dir, out, tiny(), stages=("vae",), stop_after=2)
+    state = latest_checkpoint(out / "vae") / "state.pt"
+    intact = state.read_bytes()
+
+    def resume_error(*extra: str, anyway: bool = False) -> str:
+        argv = ["train-vae", "--data", str(data_dir), "--out", str(out), "--resume"] + ["--resume-anyway"] * anyway
+        for o in TRAIN_OVERRIDES + list(extra):
+            argv += ["--set", o]
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        return err[0]
+
+    for damage in (b"", b"\x80\x02garbage" * 20, intact[: len(intact) // 2]):
+        state.write_bytes(damage)
+        assert "state.pt: not a readable training state" in resume_error()
+    state.write_bytes(intact)
+    assert "vae.video.hidden_channels: 8 -> 16" in resume_error("vae.video.hidden_channels=16")
+    assert "video_vae.safetensors: incompatible with" in resume_error("vae.video.hidden_channels=16", anyway=True)
 
 
 def test_a_fresh_run_moves_the_resumable_one_aside(data_dir, tmp_path, capsys):
