@@ -113,14 +113,15 @@ _fault_hits: dict[str, int] = {}
 
 
 def fault_point(name: str) -> None:
-    """Fault injection for the tests: TINYVEO_FAULT_AT=name[:k] kills the process (SIGKILL) the k-th
-    time (default the first) it passes the write point `name`."""
-    point, _, nth = os.environ.get(FAULT_ENV, "").partition(":")
+    """Fault injection for the tests: TINYVEO_FAULT_AT=name[:k[:stop]] kills the process (SIGKILL)
+    the k-th time (default the first) it passes the write point `name`; with `stop` the process
+    stops itself there (SIGSTOP) until a SIGCONT, so a test can act while it is mid-run."""
+    point, nth, action = (os.environ.get(FAULT_ENV, "").split(":") + ["", ""])[:3]
     if point != name:
         return
     _fault_hits[name] = _fault_hits.get(name, 0) + 1
     if _fault_hits[name] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGSTOP if action == "stop" else signal.SIGKILL)
 
 
 def fsync_path(path: str | Path, directory: bool = False) -> None:

@@ -145,3 +145,53 @@ def test_mlflow_ui_compares_the_two_pipeline_runs(project):
             assert name in dom, f"{name} not in the comparison page"
     finally:
         stop_process_group(server)  # huey workers outlive a SIGTERM to the parent
+
+
+def stopped_descendant(parent: subprocess.Popen, timeout: float = 600):
+    """The first process under `parent` that has stopped itself (a `:stop` fault point), waited for."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert parent.poll() is None, f"exited ({parent.returncode}) before reaching the fault point"
+        for child in psutil.Process(parent.pid).children(recursive=True):
+            try:
+                if child.status() == psutil.STATUS_STOPPED:
+                    return child
+            except psutil.NoSuchProcess:
+                continue
+        time.sleep(0.2)
+    raise AssertionError("no process reached the fault point in time")
+
+
+def test_a_concurrent_dvc_repro_or_train_in_the_same_folder_is_refused(project):
+    """While one `dvc repro` is mid-way through writing a checkpoint (held there by a `:stop` fault
+    point, not by timing), a second `dvc repro` is refused by DVC's lock and a `tinyveo train-vae`
+    on the same checkpoint folder by tinyveo's; the first then finishes and its checkpoint loads."""
+    root, env, _ = project
+    first = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "train_vae"], cwd=root,
+                             env={**env, "TINYVEO_FAULT_AT": "checkpoint:1:stop"}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        held = stopped_descendant(first)
+        second = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        refusal = second.stdout + second.stderr   # DVC's read/write lock on the stage's deps and outs
+        assert second.returncode != 0 and "is being blocked by" in refusal and f"PID {first.pid}" in refusal, refusal
+        train = subprocess.run([sys.executable, "-m", "tasks.cli", "train-vae", "--data", "data", "--out",
+                                "checkpoints"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert train.returncode == 2 and f"another tinyveo run is training here (pid {held.pid})" in train.stderr
+        held.resume()
+        out, _ = first.communicate(timeout=900)
+        assert first.returncode == 0, out[-3000:]
+    finally:
+        if first.poll() is None:   # a failed assertion above: end the held run and everything under it
+            import psutil
+
+            for child in psutil.Process(first.pid).children(recursive=True):
+                child.kill()
+            first.kill()
+    from tasks.checkpoint import latest_checkpoint, load_state
+
+    assert load_state(latest_checkpoint(root / "checkpoints" / "vae"))["step"] > 0
