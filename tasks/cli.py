@@ -92,6 +92,9 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: params seed)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per sampling batch (default: 8)")
     p.add_argument("--view-size", type=int, default=256, help="mp4 frame size, nearest-upscaled (default: 256)")
+    p.add_argument("--formats", default="mp4,wav,png",
+                   help="files written per sample, comma-separated from mp4, wav, png (default: all three; "
+                        "wav alone is fastest for long prompt files)")
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
@@ -236,10 +239,22 @@ def run_generate(args: argparse.Namespace, params) -> int:
         specs = read_prompts(args.prompts, allow_outside=args.allow_outside)
     records = generate(args.checkpoint, specs, args.out, params, steps=args.steps, guidance=args.guidance,
                        sampler=args.sampler, seed=args.seed, batch_size=args.batch_size, view_size=args.view_size,
-                       device=args.device)
+                       device=args.device, formats=parse_formats(args.formats))
     for r in records:
-        print(f"{r['mp4']}  <- {r['prompt']}" if "mp4" in r else f"FAILED (line {r['line']}): {r['error']}")
+        print(f"FAILED (line {r['line']}): {r['error']}" if "error" in r else
+              f"{r.get('mp4') or r.get('wav') or r['png']}  <- {r['prompt']}")
     return 1 if any("error" in r for r in records) else 0
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    from .runtime import UserError
+    from .samples import SAMPLE_FORMATS
+
+    formats = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
+    unknown = [f for f in formats if f not in SAMPLE_FORMATS]
+    if not formats or unknown:
+        raise UserError(f"--formats: {', '.join(unknown) or 'nothing given'}; choose from {', '.join(SAMPLE_FORMATS)}")
+    return formats
 
 
 def run_evaluate(args: argparse.Namespace, params) -> int:

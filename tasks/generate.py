@@ -18,13 +18,13 @@ from .checkpoint import load_pipeline
 from .media import write_text_atomic
 from .params import Params
 from .runtime import UserError
-from .samples import PromptSpec, generate_batches, sample_settings, slug, write_sample
+from .samples import SAMPLE_FORMATS, PromptSpec, generate_batches, sample_settings, slug, write_sample
 
 
 def generate(checkpoint: str | Path, specs: Sequence[PromptSpec], out: str | Path, params: Params, *,
              steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
              seed: int | None = None, batch_size: int = 8, view_size: int = 256, device: str | None = None,
-             progress: bool = True) -> list[dict[str, Any]]:
+             progress: bool = True, formats: Sequence[str] = SAMPLE_FORMATS) -> list[dict[str, Any]]:
     """Generate one clip per prompt; returns the samples.jsonl records. The model comes from the
     checkpoint; sampling settings from `params.sample` unless given here."""
     if not specs:
@@ -45,7 +45,7 @@ def generate(checkpoint: str | Path, specs: Sequence[PromptSpec], out: str | Pat
             for row, spec in enumerate(group):
                 name = f"{len(records) + 1:03d}-{slug(spec.prompt)}"
                 files = write_sample(out, name, result.video[row], result.audio[row], result.sample_rate, result.fps,
-                                     spec.prompt, view_size)
+                                     spec.prompt, view_size, formats)
                 records.append({"name": name, "line": spec.line, "prompt": spec.prompt, "image": spec.image, **files,
                                 **settings, "seed": seed})
         # after every batch: an interrupted run keeps its index

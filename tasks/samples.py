@@ -30,6 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
 
+SAMPLE_FORMATS = ("mp4", "wav", "png")   # the files `write_sample` can write per clip
 MAX_IMAGE_BYTES = 64 << 20        # an input image larger than this is refused before it is decoded
 MAX_IMAGE_PIXELS = 8192 * 8192    # and one that decodes to more pixels (a decompression bomb)
 
@@ -167,7 +168,7 @@ def write_grid(path: Path, frames, audio, sample_rate: int, title: str) -> None:
 
 
 def write_sample(out: Path, name: str, video, audio, sample_rate: int, fps: float, prompt: str,
-                 view_size: int | None = 256, formats: Sequence[str] = ("mp4", "wav", "png")) -> dict[str, str]:
+                 view_size: int | None = 256, formats: Sequence[str] = SAMPLE_FORMATS) -> dict[str, str]:
     """One generated clip -> the requested files under `out`; returns their paths by format."""
     out.mkdir(parents=True, exist_ok=True)
     wave = audio.numpy().astype(np.float32)

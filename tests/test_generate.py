@@ -232,6 +232,59 @@ def test_a_long_prompts_file_streams_and_a_bad_line_loses_nothing_else(trained_c
     assert seen[0] == 0 and seen[-1] == 2   # the first batch ran before any image was read
 
 
+def test_a_thousand_line_prompts_file_streams_with_flat_memory(trained_checkpoint, tmp_path, monkeypatch, capsys):
+    """1,000 prompts (MovieGenBench's size), three with a broken image: every line is accounted for
+    in samples.jsonl, the three are reported and the rest written, a progress bar counts to 1000,
+    and no batch's output outlives the next batch (memory stays flat however long the file)."""
+    import gc
+    import weakref
+
+    from PIL import Image
+
+    from model.pipeline import TinyVeo
+
+    folder = tmp_path / "p"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"not a png")
+    lines = [{"prompt": f"a {c} circle moves from left to right with a low tone, take {i}"}
+             for i, c in zip(range(1000), ["red", "green", "blue", "yellow"] * 250)]
+    for bad in (99, 499, 899):
+        lines[bad] = {"prompt": "a green square falls", "image": "broken.png"}
+    (folder / "bench.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    alive_at_each_batch: list[int] = []
+    outputs: list[weakref.ref] = []
+    real_generate = TinyVeo.generate_content
+
+    def spy(self, prompts, image=None, **kw):
+        gc.collect()
+        alive_at_each_batch.append(sum(ref() is not None for ref in outputs))
+        result = real_generate(self, prompts, image, **kw)
+        outputs.append(weakref.ref(result))
+        return result
+
+    monkeypatch.setattr(TinyVeo, "generate_content", spy)
+    argv = ["generate", "--checkpoint", str(trained_checkpoint), "--prompts", str(folder / "bench.jsonl"),
+            "--out", str(tmp_path / "out"), "--batch-size", "50", "--steps", "1", "--formats", "wav",
+            "--set", "sample.upsampler_steps=1"]
+    assert cli_main(argv) == 1
+    captured = capsys.readouterr()
+    index = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert len(index) == 1000 and sorted(r["line"] for r in index) == list(range(1, 1001))
+    assert [r["line"] for r in index if "error" in r] == [100, 500, 900]
+    assert captured.out.count("FAILED") == 3 and "broken.png: unreadable image" in captured.out
+    written = [r for r in index if "error" not in r]
+    assert all(Path(r["wav"]).exists() and "mp4" not in r for r in written) and len(written) == 997
+    assert len(list((tmp_path / "out").glob("*.mp4"))) == 0
+    assert "1000/1000" in captured.err   # the progress bar
+    assert len(alive_at_each_batch) >= 20 and max(alive_at_each_batch) <= 1, alive_at_each_batch
+
+
+def test_formats_are_checked(trained_checkpoint, tmp_path, capsys):
+    err = _cli_error(capsys, "generate", "--checkpoint", str(trained_checkpoint), "--prompt", "x", "--out",
+                     str(tmp_path), "--formats", "wav,gif")
+    assert "--formats: gif; choose from mp4, wav, png" in err
+
+
 def test_evaluate_reports_every_metric(trained_checkpoint, prepared_data, tiny_clip_dir, tmp_path):
     from tasks.evaluate import evaluate
 
