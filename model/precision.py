@@ -4,8 +4,10 @@ On CUDA, bf16 autocast is the usual choice. On a CPU, whether it pays is measure
 flag: on a 2-core AMD EPYC (AVX512-BF16) a denoiser training step took 79 ms in bf16 against 129 in
 fp32, but on a 2-core Xeon with AMX the step took the same in both (its time is outside the matrix
 products), and without native bf16 it is emulated and slower. So "auto" on a CPU with native bf16
-times a transformer block's forward + backward in both, once per process, and takes bf16 only
-where it is at least AUTO_BF16_MIN_SPEEDUP faster (bench/RESULTS.md has the figures).
+times a transformer block's forward + backward in both and takes bf16 only where it is at least
+AUTO_BF16_MIN_SPEEDUP faster (bench/RESULTS.md has the figures). The measurement is made once per
+machine and kept on disk, so every process, rank and resumed run of that machine takes the same
+precision (a per-process measurement near the threshold could differ, and exact resume with it).
 
 Weights, optimizer state, the residual stream, norms, softmax and losses stay fp32 under autocast;
 the model's outputs are returned as fp32. On CPU the bf16 kernels are deterministic, like fp32 ones.
@@ -14,6 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
+import os
 import time
 from pathlib import Path
 
@@ -55,11 +60,38 @@ def block_seconds(dtype: torch.dtype | None, dim: int = 128, tokens: int = 256, 
     return sorted(times[1:])[repeats // 2]
 
 
+def measure_bf16_speedup() -> float:
+    """fp32 time / bf16 time of `block_seconds` on this CPU (~1 s), leaving the global RNG alone."""
+    with torch.random.fork_rng():
+        return block_seconds(None) / block_seconds(torch.bfloat16)
+
+
+def speedup_record() -> Path:
+    """Where this machine's measurement is kept: $TINYVEO_CACHE_DIR (default ~/.cache/tinyveo), one
+    file per CPU model and flags, torch version and thread count."""
+    cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    lines = sorted({line for line in cpu.splitlines() if line.startswith(("model name", "flags"))})
+    key = hashlib.sha256("|".join([*lines, torch.__version__, str(torch.get_num_threads())]).encode()).hexdigest()
+    root = os.environ.get("TINYVEO_CACHE_DIR") or Path.home() / ".cache" / "tinyveo"
+    return Path(root) / f"bf16-speedup-{key[:12]}.json"
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_bf16_speedup() -> float:
-    """fp32 time / bf16 time of `block_seconds` on this CPU (measured once per process, ~1 s)."""
-    with torch.random.fork_rng():   # the measurement leaves the global RNG as it found it
-        return block_seconds(None) / block_seconds(torch.bfloat16)
+    """This machine's bf16 speed-up: read from its record, else measured and recorded. The first
+    record written wins (a hard link cannot replace a file), so processes measuring at once agree."""
+    path = speedup_record()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"speedup": measure_bf16_speedup(), "torch": torch.__version__}))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return float(json.loads(path.read_text())["speedup"])
 
 
 def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:

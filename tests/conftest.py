@@ -9,6 +9,8 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# This run's own record of the bf16 measurement (model/precision.py), shared by every process it starts.
+os.environ.setdefault("TINYVEO_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="tinyveo-cache-"))
 
 import pytest  # noqa: E402
 

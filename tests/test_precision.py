@@ -48,8 +48,7 @@ def test_the_bf16_measurement_leaves_the_rng_alone():
     import model.precision as precision
 
     torch.manual_seed(5)
-    precision.cpu_bf16_speedup.cache_clear()
-    speedup = precision.cpu_bf16_speedup()
+    speedup = precision.measure_bf16_speedup()
     after = torch.rand(3)
     torch.manual_seed(5)
     assert speedup > 0 and torch.equal(after, torch.rand(3))
@@ -61,9 +60,23 @@ def test_the_bf16_measurement_runs_inside_sampling_no_grad_and_inference_mode():
     import model.precision as precision
 
     for context in (torch.no_grad, torch.inference_mode):
-        precision.cpu_bf16_speedup.cache_clear()
         with context():
-            assert precision.cpu_bf16_speedup() > 0
+            assert precision.measure_bf16_speedup() > 0
+
+
+def test_the_bf16_measurement_is_made_once_per_machine_and_shared(tmp_path, monkeypatch):
+    """Every process, rank and resumed run of a machine must take the same precision: the first
+    measurement is recorded and every later process reads it instead of measuring again."""
+    import model.precision as precision
+
+    monkeypatch.setenv("TINYVEO_CACHE_DIR", str(tmp_path))
+    measured = []
+    monkeypatch.setattr(precision, "measure_bf16_speedup", lambda: measured.append(1) or 1.21 + 0.5 * len(measured))
+    for _ in range(3):   # three "processes": the lru cache is per process
+        precision.cpu_bf16_speedup.cache_clear()
+        assert precision.cpu_bf16_speedup() == 1.71
+    assert len(measured) == 1 and precision.speedup_record().parent == tmp_path
+    precision.cpu_bf16_speedup.cache_clear()
 
 
 def test_cpu_attention_matches_sdpa_with_and_without_a_mask():
