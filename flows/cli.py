@@ -23,6 +23,9 @@ def pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoints", default="checkpoints", help="checkpoint folder (default: checkpoints)")
     parser.add_argument("--outputs", default="outputs", help="samples and evaluation (default: outputs)")
     parser.add_argument("--prompts", default="data/prompts.txt", help="prompts for the generate step")
+    parser.add_argument("--dask", default=None, metavar="ADDRESS",
+                        help="run the per-clip work (probe, audio, tensor cache) on a Dask cluster: a scheduler "
+                             "address (tcp://host:8786), or 'local' for a temporary cluster of cache.workers processes")
 
 
 def serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +39,7 @@ def run_pipeline(args: argparse.Namespace, params) -> int:
 
     result = pipeline(source=args.source, annotations=args.annotations, data_dir=args.data,
                       checkpoint_dir=args.checkpoints, output_dir=args.outputs, prompts=args.prompts,
-                      overrides=list(args.overrides), params_file=args.params)
+                      overrides=list(args.overrides), params_file=args.params, dask=args.dask)
     print(json.dumps(result, indent=1, default=str))
     return 0
 

@@ -10,8 +10,9 @@ function in tasks/, wrapped here as a Prefect task (names, retries, mapping, cac
 Who decides that work runs: DVC for the stages (`dvc repro`); inside a flow, Prefect caches the
 per-clip probe and audio-extraction results on their inputs, the content of the files they read and
 the source code of tasks/ and model/ (flows.caching.CodeAndInputs), so a code edit re-runs them.
-The stage tasks always run when the flow runs. Per-clip tasks run on the flow's task runner
-(threads here; prefect-dask's DaskTaskRunner on a cluster, see the README).
+The stage tasks always run when the flow runs. Per-clip tasks run on the data flow's task runner:
+threads by default, or a Dask cluster through prefect-dask (`dask`: a scheduler address, or "local"
+for a temporary cluster of `cache.workers` processes).
 """
 from __future__ import annotations
 
@@ -54,6 +55,19 @@ def map_per_clip(fn: Callable, jobs: list[tuple], desc: str) -> list:
     if not jobs:
         return []
     return PER_CLIP[desc].map(*[list(column) for column in zip(*jobs)]).result()
+
+
+def per_clip_runner(dask: str | None, workers: int = 2):
+    """The data flow's task runner: threads, or a Dask cluster (an address, or "local": a temporary
+    one of `workers` single-threaded processes on 127.0.0.1)."""
+    if not dask:
+        return ThreadPoolTaskRunner(max_workers=4)
+    from prefect_dask import DaskTaskRunner
+
+    if dask == "local":
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                                              "host": "127.0.0.1", "dashboard_address": ":0"})
+    return DaskTaskRunner(address=dask)
 
 
 def _params(overrides: list[str] | None, params_file: str | None) -> Params:
@@ -106,12 +120,21 @@ def evaluate_flow(checkpoint_dir: str = "checkpoints", data_dir: str = "data", o
     return metrics
 
 
+def data_flow_on(dask: str | None, overrides: list[str] | None = None, params_file: str | None = None):
+    """The data flow with its per-clip work on threads or on a Dask cluster (see `per_clip_runner`)."""
+    if not dask:
+        return data_flow
+    return data_flow.with_options(task_runner=per_clip_runner(dask, _params(overrides, params_file).cache.workers))
+
+
 @flow(name="tinyveo-pipeline", log_prints=True)
 def pipeline(source: str | None = None, annotations: str | None = None, data_dir: str = "data",
              checkpoint_dir: str = "checkpoints", output_dir: str = "outputs", prompts: str | None = "data/prompts.txt",
-             overrides: list[str] | None = None, params_file: str | None = None) -> dict[str, Any]:
-    """The whole pipeline: data -> train -> generate + evaluate. Returns the evaluation metrics."""
-    data = data_flow(source, annotations, data_dir, overrides, params_file)
+             overrides: list[str] | None = None, params_file: str | None = None, dask: str | None = None,
+             ) -> dict[str, Any]:
+    """The whole pipeline: data -> train -> generate + evaluate. Returns the evaluation metrics.
+    `dask`: run the per-clip work on a Dask cluster (a scheduler address, or "local")."""
+    data = data_flow_on(dask, overrides, params_file)(source, annotations, data_dir, overrides, params_file)
     trained = train_flow(data, checkpoint_dir, overrides, params_file)
     metrics = evaluate_flow(checkpoint_dir, data, output_dir, prompts, overrides, params_file)
     return {"train": trained, "metrics": metrics}

@@ -12,12 +12,14 @@ class UserError(Exception):
 
 
 def pick_device(requested: str | None = None):
-    """CUDA when present (or when asked), else CPU."""
+    """CUDA when present (or when asked), else CPU; under torchrun each process of a node takes the
+    GPU of its LOCAL_RANK."""
     import torch
 
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % max(torch.cuda.device_count(), 1))
+    return device
 
 
 def seed_everything(seed: int) -> None:

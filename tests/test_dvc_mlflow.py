@@ -94,6 +94,29 @@ def test_dvc_repro_runs_every_stage_then_only_what_changed(project):
     assert "12" in listed
 
 
+def test_dvc_push_then_pull_into_a_fresh_clone_restores_everything_and_repro_is_a_no_op(project, tmp_path):
+    """A local-folder DVC remote (the same commands serve s3:// or ssh:// remotes): `dvc push`, a git
+    clone, `dvc pull` there restores the data and checkpoints byte for byte, and `dvc repro` there
+    has nothing to run."""
+    root, env, _ = project
+    sh(["dvc", "repro"], root, env)   # the workspace as the last test left it, complete
+    sh(["dvc", "remote", "add", "-d", "store", str(tmp_path / "remote")], root, env)
+    sh(["git", "add", "-A"], root, env)
+    sh(["git", "commit", "-qm", "remote", "--allow-empty"], root, env)
+    sh(["dvc", "push"], root, env)
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
+    assert not (clone / "checkpoints").exists() and not (clone / "data" / "cache").exists()
+    pulled = sh(["dvc", "pull"], clone, {**env, "PYTHONPATH": str(clone)})
+    for folder in ("data/cache", "checkpoints/vae", "checkpoints/denoiser", "checkpoints/latents", "outputs/samples"):
+        files = sorted(p.relative_to(root) for p in (root / folder).rglob("*") if p.is_file())
+        assert files, folder
+        for f in files:
+            assert (clone / f).read_bytes() == (root / f).read_bytes(), f
+    again = sh(["dvc", "repro"], clone, {**env, "PYTHONPATH": str(clone)})
+    assert "Running stage" not in again, again + pulled
+
+
 def chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(name):
