@@ -109,7 +109,8 @@ def main() -> None:
         one, t8 = [], []
         for r in range(args.repeats):
             t0 = time.perf_counter()
-            generate_content(article, prompts[r % len(prompts)], generator=torch.Generator().manual_seed(r))
+            # a list of one: the article's loop takes a sequence, and a bare string is a batch of its characters
+            generate_content(article, [prompts[r % len(prompts)]], generator=torch.Generator().manual_seed(r))
             one.append(time.perf_counter() - t0)
         for k in range(0, min(len(prompts), 16), 8):
             t0 = time.perf_counter()

@@ -110,7 +110,7 @@ def write_cache(items: list[CacheItem], cache_dir: str | Path, settings: CacheSe
     locations = {**known, **new_locations}
     rows = [_manifest_row(it, key, locations[key], padded_flags.get(key, False))
             for it, key in zip(items, keys) if key in locations]
-    columns = list(asdict(items[0]).keys()) + ["key", "shard", "offset", "padded"] if items else ["id", "key", "shard", "offset"]
+    columns = [f.name for f in fields(CacheItem)] + ["key", "shard", "offset", "padded"]   # also when empty
     frame = pd.DataFrame(rows, columns=columns)
     _replace_manifest(cache_dir, old, frame)
     return CacheResult(manifest_path, computed=len(todo) - len(failed), reused=len(items) - len(todo), failed=failed,
@@ -121,7 +121,7 @@ def _known_items(old: pd.DataFrame | None, cache_dir: Path) -> tuple[dict[str, t
     """Location and padded flag of every manifest item whose shard is still on disk."""
     known: dict[str, tuple[str, int]] = {}
     padded: dict[str, bool] = {}
-    if old is not None:
+    if old is not None and len(old):   # an empty manifest of an older version lacks columns
         for key, shard, offset, pad in zip(old["key"], old["shard"], old["offset"], old["padded"]):
             if (cache_dir / shard).exists():
                 known[key] = (shard, int(offset))

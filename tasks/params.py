@@ -53,6 +53,8 @@ class CacheParams:
     window_start_s: float = 0.0
     shard_size: int = 256
     min_duration_s: float = 0.25
+    max_clip_mb: float = 4096.0
+    max_clip_pixels: int = 7680 * 4320
     skip_no_audio: bool = False
     skip_truncated: bool = True
     workers: int = 2

@@ -45,8 +45,9 @@ class PrepareReport:
 PROBE_VERSION = 2   # bumped when ProbeInfo gains a field: older cached probes are redone
 
 
-def _probe_all(paths: list[str], min_duration: float, cache_file: Path, mapper: MapFn) -> list[ProbeInfo]:
+def _probe_all(paths: list[str], cache: CacheParams, cache_file: Path, mapper: MapFn) -> list[ProbeInfo]:
     """Probe every clip, reusing results for files whose size and mtime are unchanged since the last run."""
+    limits = (cache.min_duration_s, cache.max_clip_mb * 2**20, cache.max_clip_pixels)
     try:
         known = json.loads(cache_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -54,9 +55,9 @@ def _probe_all(paths: list[str], min_duration: float, cache_file: Path, mapper: 
     stamps = {}
     for p in paths:
         st = os.stat(p)
-        stamps[p] = [st.st_size, st.st_mtime_ns, min_duration, PROBE_VERSION]
+        stamps[p] = [st.st_size, st.st_mtime_ns, *limits, PROBE_VERSION]
     todo = [p for p in paths if known.get(p, {}).get("stamp") != stamps[p]]
-    for p, info in zip(todo, mapper(probe_clip, [(p, min_duration) for p in todo], "probe")):
+    for p, info in zip(todo, mapper(probe_clip, [(p, *limits) for p in todo], "probe")):
         known[p] = {"stamp": stamps[p], "info": info.as_dict()}
     write_text_atomic(cache_file, json.dumps({p: known[p] for p in paths}))
     return [ProbeInfo(**known[p]["info"]) for p in paths]
@@ -76,7 +77,7 @@ def prepare(source: str | Path, annotations: str | Path, out: str | Path, cache:
     pool = process_pool(workers) if workers > 1 and map_fn is None else None  # workers start once per run
     mapper = map_fn or (lambda fn, jobs, desc: map_clips(fn, jobs, workers, desc, progress, pool))
     try:
-        probes = _probe_all([str(r.video_path) for r in ingested.records], cache.min_duration_s,
+        probes = _probe_all([str(r.video_path) for r in ingested.records], cache,
                             out / ".probe_cache.json", mapper)
         accepted = select_clips(ingested.records, probes, cache.skip_no_audio, report, cache.skip_truncated)
         jobs = audio_jobs(accepted, out, cache.sample_rate)

@@ -35,8 +35,10 @@ class ProbeInfo:
         return asdict(self)
 
 
-def probe_clip(path: str | Path, min_duration: float = 0.25) -> ProbeInfo:
-    """Decode-check a clip. ok=False with a reason for empty, corrupt, not-a-video or too-short files."""
+def probe_clip(path: str | Path, min_duration: float = 0.25, max_bytes: float | None = None,
+               max_pixels: int | None = None) -> ProbeInfo:
+    """Decode-check a clip. ok=False with a reason for empty, oversized, corrupt, not-a-video or
+    too-short files; the size caps are checked before any frame is decoded."""
     import av
 
     from .media import MediaError, decode_check, file_sha256
@@ -48,11 +50,18 @@ def probe_clip(path: str | Path, min_duration: float = 0.25) -> ProbeInfo:
         return ProbeInfo(str(path), False, f"cannot stat ({exc.strerror or exc})")
     if size == 0:
         return ProbeInfo(str(path), False, "empty file")
+    if max_bytes is not None and size > max_bytes:
+        return ProbeInfo(str(path), False, f"file of {size} bytes is over the limit of {int(max_bytes)} "
+                                           "(cache.max_clip_mb)")
     digest = file_sha256(path)
     has_audio, channels, declared = False, 0, 0.0
     try:
         with av.open(str(path)) as container:
             declared = declared_seconds(container)
+            frame = container.streams.video[0].codec_context if container.streams.video else None
+            if frame is not None and max_pixels is not None and frame.width * frame.height > max_pixels:
+                return ProbeInfo(str(path), False, f"frames of {frame.width}x{frame.height} are over the limit of "
+                                                   f"{max_pixels} pixels (cache.max_clip_pixels)", content_hash=digest)
             if container.streams.audio:
                 has_audio = True
                 channels = int(container.streams.audio[0].codec_context.channels or 0)

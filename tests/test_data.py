@@ -204,6 +204,33 @@ def test_prepare_skips_bad_files_with_reasons_and_keeps_good_ones(prepared):
     assert len(saved["kept"]) == 11 and len(saved["skipped"]) == 5 and "skipped 5" in saved["summary"]
 
 
+def test_oversized_clips_are_refused_before_any_frame_is_decoded(tmp_path, monkeypatch):
+    """cache.max_clip_mb and cache.max_clip_pixels: a clip over either is skipped with the reason
+    and the cap named, and no frame of it is decoded; a clip within both is kept."""
+    from dataclasses import replace
+
+    import tasks.media as media
+    from conftest import synth_clips
+    from tasks.params import load_params
+    from tasks.prepare import prepare
+
+    ann = synth_clips(tmp_path / "raw", 2, 5)
+    cache = load_params().cache
+    decoded: list[str] = []
+    real = media.decode_check
+    monkeypatch.setattr(media, "decode_check", lambda path: decoded.append(str(path)) or real(path))
+    for limit, reason in ((dict(max_clip_pixels=128 * 128 - 1), r"frames of 128x128 are over the limit of 16383 "
+                                                                 r"pixels \(cache.max_clip_pixels\)"),
+                          (dict(max_clip_mb=1e-3), r"file of \d+ bytes is over the limit of 1048 \(cache.max_clip_mb\)")):
+        out = tmp_path / "capped"   # the same folder twice: a run that kept nothing must not break the next
+        report = prepare(tmp_path / "raw", ann, out, replace(cache, workers=1, **limit), progress=False)
+        assert not report.kept and len(report.skipped) == 2, report.skipped
+        assert all(re.fullmatch(reason, r["reason"]) for r in report.skipped), report.skipped
+        assert decoded == []
+    kept = prepare(tmp_path / "raw", ann, tmp_path / "ok", replace(cache, workers=1), progress=False)
+    assert len(kept.kept) == 2 and len(decoded) == 2
+
+
 def test_pairs_follow_the_article_layout(prepared):
     out, report = prepared
     t2v, i2v = out / "dataset" / "t2v_pairs", out / "dataset" / "i2v_pairs"
