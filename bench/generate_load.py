@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -19,8 +20,6 @@ from pathlib import Path
 def rss_mib() -> float:
     """Resident set size of this process now (Linux /proc), MiB."""
     pages = int(Path("/proc/self/statm").read_text().split()[1])
-    import os
-
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
@@ -60,7 +59,7 @@ def main() -> None:
         written = sum(1 for line in (Path(tmp) / "out" / "samples.jsonl").read_text().splitlines()
                       if "error" not in json.loads(line))
     tenth = rss[max(len(rss) // 10 - 1, 0)]
-    print(f"machine: {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     print(f"lines {args.lines}, written {written}, exit {code}, batches {len(rss)}, {seconds:.0f} s, "
           f"{written / seconds:.2f} clips/s")
     print(f"RSS MiB: before {start:.0f}, after batch 1 {rss[0]:.0f}, at 10% {tenth:.0f}, "

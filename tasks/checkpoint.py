@@ -112,8 +112,8 @@ def load_state(folder: str | Path) -> dict[str, Any]:
     except FileNotFoundError as exc:
         raise UserError(f"{path}: missing; the checkpoint folder is incomplete") from exc
     except Exception as exc:  # torch raises pickle, EOF, zip and runtime errors for a damaged file
-        raise UserError(f"{path}: not a readable training state ({exc.__class__.__name__}: "
-                        f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else 'empty'})") from exc
+        first_line = (str(exc).strip().splitlines() or ["no detail"])[0][:200]
+        raise UserError(f"{path}: not a readable training state ({exc.__class__.__name__}: {first_line})") from exc
     if not isinstance(state, dict) or "step" not in state:
         raise UserError(f"{path}: not a tinyveo training state (no step recorded)")
     return state

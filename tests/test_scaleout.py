@@ -11,9 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-import torch
-
 from conftest import TRAIN_OVERRIDES, free_port, stop_process_group, synth_clips, wait_for_health
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +68,7 @@ def _tiny_train_args(data: Path, out: Path, *extra: str) -> list[str]:
     return args
 
 
-def _torchrun(*launch: str, stage_args: list[str], port: int | None = None) -> subprocess.Popen:
+def _torchrun(*launch: str, stage_args: list[str]) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "tasks.cli", "train-vae", *stage_args]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
