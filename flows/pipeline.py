@@ -57,11 +57,9 @@ def map_per_clip(fn: Callable, jobs: list[tuple], desc: str) -> list:
     return PER_CLIP[desc].map(*[list(column) for column in zip(*jobs)]).result()
 
 
-def per_clip_runner(dask: str | None, workers: int = 2):
-    """The data flow's task runner: threads, or a Dask cluster (an address, or "local": a temporary
-    one of `workers` single-threaded processes on 127.0.0.1)."""
-    if not dask:
-        return ThreadPoolTaskRunner(max_workers=4)
+def dask_runner(dask: str, workers: int = 2):
+    """A Dask task runner: on the scheduler at `dask`, or ("local") on a temporary cluster of
+    `workers` single-threaded processes on 127.0.0.1."""
     from prefect_dask import DaskTaskRunner
 
     if dask == "local":
@@ -121,10 +119,10 @@ def evaluate_flow(checkpoint_dir: str = "checkpoints", data_dir: str = "data", o
 
 
 def data_flow_on(dask: str | None, overrides: list[str] | None = None, params_file: str | None = None):
-    """The data flow with its per-clip work on threads or on a Dask cluster (see `per_clip_runner`)."""
+    """The data flow with its per-clip work on its threads, or on a Dask cluster (see `dask_runner`)."""
     if not dask:
         return data_flow
-    return data_flow.with_options(task_runner=per_clip_runner(dask, _params(overrides, params_file).cache.workers))
+    return data_flow.with_options(task_runner=dask_runner(dask, _params(overrides, params_file).cache.workers))
 
 
 @flow(name="tinyveo-pipeline", log_prints=True)
