@@ -2,6 +2,7 @@
 
     tinyveo pipeline [--set train.denoiser_steps=500]   # the whole Prefect flow, locally
     tinyveo serve                                       # serve the deployments (then `prefect deployment run`)
+    tinyveo demo --checkpoint checkpoints               # the Gradio page on http://127.0.0.1:7860
 
 Argument definitions import nothing heavy, so `tinyveo --help` stays fast.
 """
@@ -34,6 +35,20 @@ def serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="flow runs at a time in this process (default: 1; training uses every core)")
 
 
+def demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", default="checkpoints",
+                        help="checkpoint folder or exported pipeline (default: checkpoints)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+
+
+def run_demo(args: argparse.Namespace, params) -> int:
+    from tinyveo.demo import launch
+
+    launch(args.checkpoint, args.host, args.port, args.device or params.train.device)
+    return 0
+
+
 def run_pipeline(args: argparse.Namespace, params) -> int:
     from flows.pipeline import pipeline
 
@@ -48,6 +63,8 @@ COMMANDS: dict[str, Command] = {
     **task_cli.COMMANDS,
     "pipeline": Command("run the whole Prefect pipeline flow: data -> train -> generate -> evaluate",
                         pipeline_arguments, "flows.cli:run_pipeline"),
+    "demo": Command("a local demo page (Gradio): prompt, image, steps, guidance, seed -> clip with sound",
+                    demo_arguments, "flows.cli:run_demo"),
     "serve": Command("serve the tinyveo-pipeline, -data, -train and -evaluate deployments (prefect deployment run)",
                      serve_arguments, "flows.deploy:run"),
 }

@@ -5,7 +5,7 @@ function in tasks/, wrapped here as a Prefect task (names, retries, mapping, cac
     data_flow:     synth (or your clips) -> tasks.prepare.prepare, its per-clip work mapped as tasks:
                    probe, extract-audio, cache-item (one task run per clip)
     train_flow:    train-vae -> encode-latents -> train-denoiser
-    evaluate_flow: generate (demo prompts) -> evaluate (held-out prompts)
+    evaluate_flow: generate (demo prompts) -> evaluate (held-out prompts) -> report (outputs/report.html)
 
 Who decides that work runs: DVC for the stages (`dvc repro`); inside a flow, Prefect caches the
 per-clip probe and audio-extraction results on their inputs, the content of the files they read and
@@ -29,6 +29,7 @@ from tasks.extract_audio import extract_clip_audio
 from tasks.generate import generate
 from tasks.params import Params, load_params
 from tasks.prepare import prepare
+from tasks.report import build_report
 from tasks.preprocess import compute_item
 from tasks.probe import probe_clip
 from tasks.samples import read_prompts
@@ -47,7 +48,7 @@ PER_CLIP = {
 }
 synth_task = task(synth, name="synth", retries=1, retry_delay_seconds=[2], cache_policy=NO_CACHE)
 STAGES = {fn.__name__: task(fn, name=fn.__name__.replace("_", "-"), cache_policy=NO_CACHE)
-          for fn in (train_vae, encode_latents, train_denoiser, generate, evaluate)}
+          for fn in (train_vae, encode_latents, train_denoiser, generate, evaluate, build_report)}
 
 
 def map_per_clip(fn: Callable, jobs: list[tuple], desc: str) -> list:
@@ -103,7 +104,7 @@ def train_flow(data_dir: str = "data", checkpoint_dir: str = "checkpoints", over
 def evaluate_flow(checkpoint_dir: str = "checkpoints", data_dir: str = "data", output_dir: str = "outputs",
                   prompts: str | None = "data/prompts.txt", overrides: list[str] | None = None,
                   params_file: str | None = None) -> dict[str, Any]:
-    """Samples for the demo prompts, then metrics on the held-out prompts of data_dir."""
+    """Samples for the demo prompts, metrics on the held-out prompts of data_dir, the run's report page."""
     params = _params(overrides, params_file)
     out = Path(output_dir)
     if prompts:
@@ -115,6 +116,7 @@ def evaluate_flow(checkpoint_dir: str = "checkpoints", data_dir: str = "data", o
             shuffled = scene.get("baselines", {}).get("shuffled", {}).get("all_correct")
             get_run_logger().info(f"{split}: all correct {scene['all_correct']:.2f} (shuffled prompts {shuffled}), "
                                   f"objects {scene['object_all']:.2f}")
+    get_run_logger().info(f"report: {STAGES['build_report'](out)}")
     return metrics
 
 

@@ -14,6 +14,7 @@ _EXPORTS = {
     "ConditioningEncoder": "conditioning", "MissingCheckpointError": "conditioning", "TextEmbedding": "conditioning",
     "AudioVAEConfig": "config", "DenoiserConfig": "config", "ModelConfig": "config", "VideoVAEConfig": "config",
     "build_config": "config", "from_params": "config",
+    "BatchDraws": "draws",
     "FinalLayer": "denoiser", "InputProjector": "denoiser", "JointDenoisingTransformer": "denoiser",
     "OutputProjector": "denoiser", "PatchTransformer": "denoiser", "TimestepEmbedding": "denoiser",
     "TokenBuilder": "denoiser", "TransformerBlock": "denoiser",

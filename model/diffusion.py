@@ -19,12 +19,13 @@ sampled by DPM-Solver++ in flow mode or by FlowMatchEuler.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 from .denoiser import JointDenoisingTransformer
+from .draws import BatchDraws
 from .inputs import DenoiserInputs
 
 SAMPLERS = ("ddpm", "ddim", "dpm", "euler")
@@ -71,6 +72,9 @@ def noise_schedulers(diffusion: Any) -> tuple[Any, Any]:
     return make_noise_scheduler(n, schedule, kind, shift), make_noise_scheduler(n, schedule, up_kind, shift)
 
 
+SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type")
+
+
 def make_sampler(name: str, train_scheduler):
     """A fresh sampling scheduler sharing the training schedule. clip_sample stays off: latents are
     unit-variance, and clipping them to [-1, 1] breaks DDIM."""
@@ -87,12 +91,15 @@ def make_sampler(name: str, train_scheduler):
         raise ValueError(f"a flow-matching model samples with dpm or euler, got {name!r}")
     if name == "euler":
         raise ValueError("the euler sampler is for flow-matching models (diffusion.prediction_type: flow)")
+    # Only the schedule itself carries over: the training scheduler's other settings (its timestep
+    # spacing above all) are its own, and a scheduler read back from disk lists all of them.
+    schedule = {k: config[k] for k in SCHEDULE_KEYS if k in config}
     if name == "ddpm":
-        return DDPMScheduler.from_config(config, clip_sample=False)
+        return DDPMScheduler(**schedule, clip_sample=False)
     if name == "ddim":
-        return DDIMScheduler.from_config(config, clip_sample=False, set_alpha_to_one=False)
+        return DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=False)
     if name == "dpm":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+        return DPMSolverMultistepScheduler(**schedule, algorithm_type="dpmsolver++", solver_order=2)
     raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
 
 
@@ -124,37 +131,42 @@ def predicted_x0(scheduler, noisy: torch.Tensor, prediction: torch.Tensor, t: to
     raise ValueError(f"unsupported prediction_type {kind!r}")
 
 
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+Draws = torch.Generator | BatchDraws | None   # a training loss's randomness (BatchDraws under DDP)
 
 
-def _timesteps(n: int, high: int, generator: torch.Generator | None, device: torch.device,
+def _randn_like(x: torch.Tensor, generator: Draws) -> torch.Tensor:
+    return BatchDraws.of(generator).randn(x.shape, x.dtype).to(x.device)
+
+
+def _timesteps(n: int, high: int, generator: Draws, device: torch.device,
                logit_mean: float | None = None, logit_std: float = 1.0) -> torch.Tensor:
     """Training timesteps in [0, high): uniform, or logit-normal (SD3) when `logit_mean` is set:
     t / high = sigmoid(N(logit_mean, logit_std)), which puts more updates where the mean is."""
+    draws = BatchDraws.of(generator)
     if logit_mean is None:
-        return torch.randint(0, high, (n,), generator=generator).to(device)
-    u = torch.sigmoid(torch.randn(n, generator=generator, dtype=torch.float64) * logit_std + logit_mean)
+        return draws.randint(high, n).to(device)
+    u = torch.sigmoid(draws.randn64(n) * logit_std + logit_mean)
     return (u * high).long().clamp_(0, high - 1).to(device)
 
 
-def training_timesteps(scheduler, n: int, generator: torch.Generator | None, device: torch.device,
+def training_timesteps(scheduler, n: int, generator: Draws, device: torch.device,
                        logit_mean: float | None = None, logit_std: float = 1.0) -> torch.Tensor:
     """DDPM: integer timesteps. Flow: continuous s in (0, 1] (uniform or logit-normal), shifted as the
     sampler's sigmas are (s' = shift s / (1 + (shift - 1) s)), as timesteps s' * num_train_timesteps."""
     high = scheduler.config.num_train_timesteps
     if not is_flow(scheduler):
         return _timesteps(n, high, generator, device, logit_mean, logit_std)
+    draws = BatchDraws.of(generator)
     if logit_mean is None:
-        u = 1 - torch.rand(n, generator=generator, dtype=torch.float64)  # (0, 1]: s = 0 is the clean latent
+        u = 1 - draws.rand64(n)  # (0, 1]: s = 0 is the clean latent
     else:
-        u = torch.sigmoid(torch.randn(n, generator=generator, dtype=torch.float64) * logit_std + logit_mean)
+        u = torch.sigmoid(draws.randn64(n) * logit_std + logit_mean)
     shift = float(scheduler.config.shift)
     return (shift * u / (1 + (shift - 1) * u) * high).float().to(device)
 
 
-def _dropout(n: int, p: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    return (torch.rand(n, generator=generator) < p).to(device)
+def _dropout(n: int, p: float, generator: Draws, device: torch.device) -> torch.Tensor:
+    return (BatchDraws.of(generator).rand(n) < p).to(device)
 
 
 @dataclass
@@ -169,9 +181,9 @@ class BaseLoss:
 
 def _with_self_condition(model: JointDenoisingTransformer, scheduler, noisy_v: torch.Tensor, noisy_a: torch.Tensor,
                          t: torch.Tensor, inputs: DenoiserInputs, rate: float,
-                         generator: torch.Generator | None) -> DenoiserInputs:
+                         generator: Draws) -> DenoiserInputs:
     """A share (`rate`) of the rows first gets the model's own estimate, without gradient, as sampling will give it."""
-    rows = (torch.rand(len(t), generator=generator) < rate).nonzero().squeeze(1).to(t.device)
+    rows = (BatchDraws.of(generator).rand(len(t)) < rate).nonzero().squeeze(1).to(t.device)
     previous_v, previous_a = torch.zeros_like(noisy_v), torch.zeros_like(noisy_a)
     if len(rows):
         with torch.no_grad():
@@ -188,13 +200,14 @@ def base_denoiser_loss(
     audio_latent: torch.Tensor,
     inputs: DenoiserInputs,
     cond_dropout: float = 0.1,
-    generator: torch.Generator | None = None,
+    generator: Draws = None,
     timestep_logit_mean: float | None = None,
     timestep_logit_std: float = 1.0,
     self_condition_rate: float = 0.5,
 ) -> BaseLoss:
     """One DDPM training step's losses for the base model. Video and audio share the timestep:
-    they are one joint sample, denoised together."""
+    they are one joint sample, denoised together. `generator` may be a BatchDraws (DDP: this
+    process's rows of the global batch's draws)."""
     b, device = video_latent.shape[0], video_latent.device
     t = training_timesteps(scheduler, b, generator, device, timestep_logit_mean, timestep_logit_std)
     noise_v, noise_a = _randn_like(video_latent, generator), _randn_like(audio_latent, generator)
@@ -219,7 +232,7 @@ def upsampler_loss(
     inputs: DenoiserInputs,
     max_noise_aug: int,
     cond_dropout: float = 0.1,
-    generator: torch.Generator | None = None,
+    generator: Draws = None,
 ) -> torch.Tensor:
     """Upsampler loss with noise-conditioning augmentation: the clean low-res latent is noised to a
     level drawn from [0, max_noise_aug) and the level is given to the model."""
@@ -273,8 +286,9 @@ def sample_latents(
     guidance_interval: tuple[int, int] | None = None,
     generator: torch.Generator | None = None,
     low_res_noise_level: int = 100,
+    on_step: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Reverse diffusion for one stage. Returns (video latent, audio latent or None for the upsampler).
+    """Reverse diffusion for one stage. `on_step` is called after every step (progress bars). Returns (video latent, audio latent or None for the upsampler).
 
     For the upsampler, `inputs.low_res_video` is the clean base latent: it is noised here to the
     fixed `low_res_noise_level`, matching training's noise-conditioning augmentation.
@@ -318,4 +332,6 @@ def sample_latents(
         if previous is not None:
             previous = predicted_x0(train_scheduler, model_in, out, ts)  # the guided estimate
         x = scheduler.step(out, t, x, generator=generator).prev_sample
+        if on_step is not None:
+            on_step()
     return packing.unpack(x)

@@ -11,7 +11,7 @@ batched, image-to-video through image-latent tokens (and CLIP image features wit
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -99,15 +99,18 @@ class TinyVeo(nn.Module):
         guidance_interval: tuple[int, int] | None = None,
         sampler: str = "dpm",
         seed: int = 0,
+        generator: torch.Generator | None = None,
         upsampler_noise_level: int = 100,
         upsampler_steps: int | None = None,
         decode_base: bool = False,
         precision: str = "auto",
+        on_step: Callable[[], None] | None = None,
     ) -> GeneratedContent:
         """Prompt(s) (and an optional first-frame image in [0, 1]) -> decoded video and audio.
         `decode_base` also decodes the base model's low-res video (a diagnostic; it costs a decode).
         `precision` ("auto" | "bf16" | "fp32", see model.precision): autocast of the denoisers and
         decoders; the caption and image encodings stay fp32, as in the training latent cache.
+        `generator` (a CPU torch.Generator) replaces `seed`; `on_step` is called after each denoising step.
 
         The same (prompts, image, settings, seed) give identical output on CPU.
         """
@@ -117,10 +120,11 @@ class TinyVeo(nn.Module):
         for i, p in enumerate(prompts):
             if not p or not p.strip():
                 raise ValueError(f"prompt {i + 1} is empty")
-        generator = torch.Generator().manual_seed(int(seed))
+        generator = generator if generator is not None else torch.Generator().manual_seed(int(seed))
         context = self.encoder.get_text_embeds(prompts).to(self.device)
         base_inputs, up_inputs = self.denoiser_inputs(context, input_image)
-        settings = dict(sampler=sampler, guidance=guidance, guidance_interval=guidance_interval, generator=generator)
+        settings = dict(sampler=sampler, guidance=guidance, guidance_interval=guidance_interval, generator=generator,
+                        on_step=on_step)
         with autocast(self.device, autocast_dtype(precision, self.device)):
             base_video, audio = sample_latents(self.base, self.train_scheduler, base_inputs, steps=steps, **settings)
             up_video, _ = sample_latents(self.upsampler, self.upsampler_scheduler,

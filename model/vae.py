@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .config import AudioVAEConfig, VideoVAEConfig
+from .draws import BatchDraws
 
 
 class DiagonalGaussian:
@@ -30,8 +31,8 @@ class DiagonalGaussian:
         self.mean, logvar = moments.float().chunk(2, dim=dim)  # fp32 under autocast too
         self.logvar = logvar.clamp(-30.0, 20.0)
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+    def sample(self, generator: torch.Generator | BatchDraws | None = None) -> torch.Tensor:
+        noise = BatchDraws.of(generator).randn(self.mean.shape, self.mean.dtype).to(self.mean.device)
         return self.mean + torch.exp(0.5 * self.logvar) * noise
 
     def mode(self) -> torch.Tensor:

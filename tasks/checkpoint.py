@@ -185,6 +185,16 @@ def read_config(checkpoint: str | Path) -> tuple[Any, dict[str, Any]]:
         raise UserError(f"{config_path}: not a tinyveo checkpoint config ({exc})") from exc
 
 
+def training_summaries(checkpoint: str | Path) -> dict[str, dict[str, Any]]:
+    """{stage: summary.json} of a checkpoint folder's vae and denoiser stages (those present)."""
+    out = {}
+    for stage in (VAE_DIR, DENOISER_DIR):
+        path = Path(checkpoint) / stage / "summary.json"
+        if path.exists():
+            out[stage] = {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if k != "run_id"}
+    return out
+
+
 def load_pipeline(checkpoint: str | Path, device: str | None = None):
     """A trained checkpoint folder -> (TinyVeo with the EMA denoisers, the params it was trained with)."""
     ckpt = Path(checkpoint)

@@ -29,6 +29,8 @@ examples:
   tinyveo generate --checkpoint checkpoints --prompt "A red circle moves left to right with a low tone" --out gen
   tinyveo generate --checkpoint checkpoints --prompts prompts.txt --out gen --sampler ddim --steps 50
   tinyveo evaluate --checkpoint checkpoints --data data --out outputs/eval
+  tinyveo report --outputs outputs   # one HTML page of the latest run
+  tinyveo export --checkpoint checkpoints --out exported   # a diffusers-style pipeline folder
   tinyveo smoke                      # check the install: every model's loss goes down
 
 Hyperparameters come from params.yaml; override any with --set group.key=value.
@@ -110,6 +112,17 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
 
 
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder written by `tinyveo train`")
+    p.add_argument("--out", required=True, help="folder for the saved pipeline (safetensors, configs, README.md)")
+    p.add_argument("--metrics", default=None, help="an evaluate metrics.json to put in the model card")
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--outputs", default="outputs", help="the run's outputs folder (default: outputs)")
+    p.add_argument("--out", default=None, help="the HTML page (default: OUTPUTS/report.html)")
+
+
 def _smoke_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimisation steps (default: train.smoke_steps)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: train.smoke_batch_size)")
@@ -135,6 +148,10 @@ COMMANDS: dict[str, Command] = {
                         _generate_args, "tasks.cli:run_generate"),
     "evaluate": Command("generate for the val/test prompts and score them strictly -> metrics.json (+ CLIP, LPIPS, PSNR) + MLflow",
                         _evaluate_args, "tasks.cli:run_evaluate"),
+    "export": Command("save a trained checkpoint as a diffusers-style pipeline folder with a model card",
+                      _export_args, "tasks.cli:run_export"),
+    "report": Command("one HTML page of the latest run: scores, training, plots, clips with sound",
+                      _report_args, "tasks.cli:run_report"),
     "smoke": Command("run a few optimisation steps of every model on random tensors (checks an install)",
                      _smoke_args, "tasks.cli:run_smoke"),
 }
@@ -167,15 +184,22 @@ def run_prepare(args: argparse.Namespace, params) -> int:
 
 
 def _copy_metrics(args: argparse.Namespace, stage: str) -> None:
-    """CKPT/<stage>/summary.json and loss TSV beside DVC's other metrics (rank 0)."""
+    """CKPT/<stage>/summary.json's numbers (a DVC metrics file), its loss TSV and curve, beside DVC's
+    other metrics (rank 0)."""
     if not getattr(args, "metrics_dir", None) or int(os.environ.get("RANK", "0")):
         return
+    from .checkpoint import write_json
+
     target = Path(args.metrics_dir)
     target.mkdir(parents=True, exist_ok=True)
     folder = Path(args.out) / stage
-    for src, dst in (("summary.json", f"{stage}_summary.json"), (f"loss_{stage}.tsv", f"loss_{stage}.tsv")):
-        if (folder / src).exists():
-            shutil.copyfile(folder / src, target / dst)
+    if (folder / "summary.json").exists():
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        write_json(target / f"{stage}_summary.json", {k: v for k, v in summary.items()
+                                                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    for name in (f"loss_{stage}.tsv", f"loss_{stage}.png"):
+        if (folder / name).exists():
+            shutil.copyfile(folder / name, target / name)
 
 
 def _train_stage(args: argparse.Namespace, params, stage: str) -> int:
@@ -268,6 +292,20 @@ def run_evaluate(args: argparse.Namespace, params) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace, params) -> int:
+    from .export import export
+
+    print(f"wrote {export(args.checkpoint, args.out, args.metrics)}")
+    return 0
+
+
+def run_report(args: argparse.Namespace, params) -> int:
+    from .report import build_report
+
+    print(f"wrote {build_report(args.outputs, args.out)}")
+    return 0
+
+
 def run_smoke(args: argparse.Namespace, params) -> int:
     from .smoke import report_smoke, run_smoke
 
@@ -281,11 +319,18 @@ def run_smoke(args: argparse.Namespace, params) -> int:
 
 # ---- the parser and the entry point -------------------------------------------------------------
 
+def _version() -> str:
+    from tinyveo import __version__
+
+    return __version__
+
+
 def build_parser(commands: dict[str, Command] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinyveo", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="tinyveo: a small joint video + audio diffusion pipeline (text or image+text to clip with sound).",
     )
+    parser.add_argument("--version", action="version", version=f"tinyveo {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = _common()
     for name, command in (commands or COMMANDS).items():

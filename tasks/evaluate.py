@@ -1,5 +1,8 @@
 """`tinyveo evaluate`: generate for held-out prompts and score them, into metrics.json and MLflow.
 
+metrics.json holds numbers only (the headline per split, for `dvc metrics show`); details.json
+beside it holds every figure with its notes, statuses and baselines (what `evaluate` returns).
+
     tinyveo evaluate --checkpoint checkpoints --data data --out outputs/eval          # splits in eval.splits
     tinyveo evaluate --reference --data data --out outputs/eval_reference            # the real clips, scored
     tinyveo evaluate --checkpoint checkpoints --prompts prompts.jsonl --out outputs/eval
@@ -36,6 +39,7 @@ from .checkpoint import DENOISER_DIR, load_pipeline, write_json
 from .media import write_text_atomic
 from .metrics import clip_score, lpips_distance, psnr, ssim
 from .params import Params, flatten
+from .plots import ACCURACY_COLUMNS, accuracy_png, samples_grid_png
 from .runtime import UserError
 from .samples import PromptSpec, generate_batches, load_image, read_prompts, sample_settings, slug, write_sample
 from .score import ATTRIBUTES, score_tensors
@@ -208,8 +212,8 @@ METRICS: list[tuple[str, Callable[[EvalSet], dict[str, Any]]]] = [
 def evaluate(checkpoint: str | Path | None, out: str | Path, params: Params, *, data: str | Path | None = None,
              prompts: str | Path | None = None, reference: bool = False, device: str | None = None,
              progress: bool = True, track: bool | None = None, allow_outside: bool = False) -> dict[str, Any]:
-    """Generate (or, with `reference`, take the real clips), score, write OUT/metrics.json (+ scores.tsv,
-    samples/) and log to MLflow. One group per split in `eval.splits` (with `data`) or one for `prompts`."""
+    """Generate (or, with `reference`, take the real clips), score, write OUT/metrics.json (numbers),
+    details.json (all), scores.tsv, accuracy.png, samples_grid.png, samples/, and log to MLflow. One group per split in `eval.splits` (with `data`) or one for `prompts`."""
     if (data is None) == (prompts is None):
         raise UserError("give exactly one of --data DATA_DIR or --prompts FILE")
     if reference and data is None:
@@ -222,14 +226,18 @@ def evaluate(checkpoint: str | Path | None, out: str | Path, params: Params, *, 
     pipe = None if reference else load_pipeline(checkpoint, device)[0]
     metrics: dict[str, Any] = {"checkpoint": None if reference else str(checkpoint), "reference": reference,
                                "sampling": None if reference else {**settings, "seed": params.seed}, "splits": {}}
+    grid: tuple[list, list[str]] = ([], [])
     for run in _groups(pipe, params, settings, out, data, prompts, allow_outside):
         generate_t2v(run, progress)
+        shown = min(params.eval.num_saved_samples, len(run.videos))
+        grid[0].extend(run.videos[:shown])
+        grid[1].extend(f"{run.name}: {s.prompt}" for s in [s for s in run.specs if not s.image][:shown])
         group = {"prompts": {"source": str(data or prompts), "count": len(run.specs)}}
         group.update({name: fn(run) for name, fn in METRICS if name != "vae_reconstruction"})
         metrics["splits"][run.name] = group
         if run.name == "test" or run.name == "prompts":
             metrics["vae_reconstruction"] = vae_metrics(run)
-    write_outputs(out, metrics)
+    write_outputs(out, metrics, grid)
     if not reference and (track if track is not None else params.train.mlflow):
         log_to_mlflow(checkpoint, out, metrics, params)
     return json.loads(json.dumps(metrics))
@@ -245,11 +253,42 @@ def _groups(pipe, params: Params, settings: dict[str, Any], out: Path, data, pro
         yield EvalSet(split, pipe, params, settings, specs, out / "samples", cache, manifest)
 
 
-SCORE_COLUMNS = ("color", "shape", "motion", "pitch", "object_all", "count", "all_correct")
+SCORE_COLUMNS = ACCURACY_COLUMNS
+HEADLINE = ("all_correct", "object_all", "color", "shape", "motion", "pitch", "count")
 
 
-def write_outputs(out: Path, metrics: dict[str, Any]) -> None:
-    """metrics.json, and scores.tsv: one row per split with the scores and both baselines (the DVC plot)."""
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json: numbers only, one group per split (+ vae), the few a reader compares first.
+    Everything else, with notes and statuses, is in details.json beside it."""
+    out: dict[str, Any] = {}
+    for split, group in metrics["splits"].items():
+        scene, row = group.get("scene", {}), {}
+        if "status" not in scene:
+            row = {k: scene[k] for k in HEADLINE if scene.get(k) is not None}
+            sync = scene.get("sync", {})
+            row.update({f"sync_{k}": sync[k] for k in ("recall", "precision", "offset_ms_median_abs")
+                        if sync.get(k) is not None})
+            for kind, values in scene.get("baselines", {}).items():
+                if values.get("all_correct") is not None:
+                    row[f"{kind}_all_correct"] = values["all_correct"]
+        if "torchmetrics" in group.get("clip_score", {}):
+            row["clip_score"] = group["clip_score"]["torchmetrics"]
+        i2v = group.get("i2v", {})
+        if "lpips" in i2v:
+            row["i2v_lpips"] = i2v["lpips"]
+        if "status" not in i2v.get("scene", {"status": None}) and i2v["scene"].get("object_all") is not None:
+            row["i2v_object_all"] = i2v["scene"]["object_all"]
+        out[split] = row
+    vae = metrics.get("vae_reconstruction", {})
+    if "status" not in vae and vae:
+        out["vae"] = {"psnr": vae["video_psnr_upsampled"], "ssim": vae["video_ssim_upsampled"],
+                      "audio_logmel_l1": vae["audio_logmel_l1"]}
+    return out
+
+
+def write_outputs(out: Path, metrics: dict[str, Any], grid: tuple[list, list[str]] = ([], [])) -> None:
+    """details.json (everything), metrics.json (numbers only: `headline`), scores.tsv (one row per
+    split and kind: the DVC plot), accuracy.png and samples_grid.png (a row per saved sample)."""
     lines = ["split\tkind\t" + "\t".join(SCORE_COLUMNS) + "\tsync_recall\tsync_precision\tsync_offset_ms"]
     for split, group in metrics["splits"].items():
         scene = group.get("scene", {})
@@ -262,7 +301,10 @@ def write_outputs(out: Path, metrics: dict[str, Any]) -> None:
                                                               sync.get("offset_ms_mean_abs")]
             lines.append(f"{split}\t{kind}\t" + "\t".join("" if v is None else f"{v:.4f}" for v in cells))
     write_text_atomic(out / "scores.tsv", "\n".join(lines) + "\n")
-    write_json(out / "metrics.json", json.loads(json.dumps(metrics)))
+    write_json(out / "details.json", json.loads(json.dumps(metrics)))
+    write_json(out / "metrics.json", headline(metrics))
+    accuracy_png(metrics["splits"], out / "accuracy.png")
+    samples_grid_png(*grid, out / "samples_grid.png")
 
 
 def flatten_numbers(tree: dict[str, Any]) -> dict[str, float]:
@@ -287,7 +329,7 @@ def log_to_mlflow(checkpoint: str | Path, out: Path, metrics: dict[str, Any], pa
         sample_eval = {"sample": groups["sample"], "eval": groups["eval"]}
         mlflow.log_params({f"eval_{k}": str(v)[:500] for k, v in flatten(sample_eval).items()})
         mlflow.log_metrics(flatten_numbers({k: v for k, v in metrics.items() if k != "sampling"}))
-        for name in ("metrics.json", "scores.tsv"):
+        for name in ("metrics.json", "details.json", "scores.tsv", "accuracy.png", "samples_grid.png"):
             if (out / name).exists():
                 mlflow.log_artifact(str(out / name), "evaluation")
         if (out / "samples").is_dir():

@@ -3,6 +3,10 @@
     tinyveo generate --checkpoint checkpoints --prompt "A red circle moves from left to right with a low tone" --out out/gen
     tinyveo generate --checkpoint checkpoints --prompt "..." --image first_frame.png --out out/gen
     tinyveo generate --checkpoint checkpoints --prompts prompts.txt --out out/gen   # or prompts.jsonl
+    tinyveo generate --checkpoint exported --prompt "..." --out out/gen   # a folder `tinyveo export` wrote
+
+The model is `tinyveo.TinyVeoPipeline.from_pretrained(--checkpoint)`: a training checkpoint folder
+or a saved pipeline.
 
 Per sample it writes NAME.mp4 (H.264 video with the generated audio as an AAC track), NAME.wav and
 NAME.png (the frames with the spectrogram beneath), plus samples.jsonl indexing them.
@@ -14,11 +18,20 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .checkpoint import load_pipeline
 from .media import write_text_atomic
 from .params import Params
-from .runtime import UserError
+from .runtime import UserError, pick_device
 from .samples import SAMPLE_FORMATS, PromptSpec, generate_batches, sample_settings, slug, write_sample
+
+
+def load(folder: str | Path, device: str | None):
+    """TinyVeoPipeline.from_pretrained of a training checkpoint or an exported pipeline folder."""
+    from tinyveo.pipeline import TinyVeoPipeline
+
+    try:
+        return TinyVeoPipeline.from_pretrained(folder, pick_device(device))
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"{folder}: not a loadable tinyveo pipeline ({exc.__class__.__name__}: {exc})") from exc
 
 
 def generate(checkpoint: str | Path, specs: Sequence[PromptSpec], out: str | Path, params: Params, *,
@@ -33,7 +46,7 @@ def generate(checkpoint: str | Path, specs: Sequence[PromptSpec], out: str | Pat
         if not spec.prompt.strip():
             raise UserError(f"prompt {i + 1} is empty")
     settings = sample_settings(params.sample, steps, guidance, sampler)
-    pipe, _ = load_pipeline(checkpoint, device)
+    pipe = load(checkpoint, device or params.train.device)
     seed = params.seed if seed is None else seed
     out = Path(out)
     records: list[dict[str, Any]] = []

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .media import atomic_path, write_text_atomic
+from .media import write_text_atomic
 
 
 def tracking_uri(configured: str | None) -> str:
@@ -55,25 +55,6 @@ class Tracker:
             return None
         run = self._mlflow.active_run()
         return run.info.run_id if run else None
-
-
-def loss_curve_png(losses: list[dict[str, float]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 3))
-    for key in [k for k in losses[0] if k != "step"]:
-        ax.plot([r["step"] for r in losses], [r[key] for r in losses], label=key, linewidth=0.8)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
 
 
 def write_loss_tsv(losses: list[dict[str, float]], path: Path) -> None:

@@ -11,15 +11,15 @@ from typing import Any
 
 import torch
 
-from model import (DenoiserInputs, JointDenoisingTransformer, TextEmbedding, base_denoiser_loss, from_params,
-                   noise_schedulers, upsampler_loss)
+from model import (BatchDraws, DenoiserInputs, JointDenoisingTransformer, TextEmbedding, base_denoiser_loss,
+                   from_params, noise_schedulers, upsampler_loss)
 
 from .cache import read_manifest
 from .checkpoint import DENOISER_DIR, read_latents
 from .params import Params
 from .runtime import UserError
-from .training import (StageSettings, TrainState, finish_stage, fingerprint, run_loop, stage_session, start_or_resume,
-                       training_precision, training_rows, unwrap, wrap_ddp)
+from .training import (StageSettings, TrainState, even_shares, finish_stage, fingerprint, run_loop, stage_session,
+                       start_or_resume, training_precision, training_rows, unwrap, wrap_ddp)
 
 
 def denoiser_settings(params: Params) -> StageSettings:
@@ -29,14 +29,15 @@ def denoiser_settings(params: Params) -> StageSettings:
                          max_nonfinite_steps=t.max_nonfinite_steps)
 
 
-def upsampler_share(params: Params) -> float:
-    """Share of each batch the upsampler trains on: its task (sharpen a given low-res clip) is easier
-    than the base's, and every item it skips is base steps gained."""
+def upsampler_items(params: Params, batch: int) -> int:
+    """Items of each (global) batch the upsampler trains on: its task (sharpen a given low-res clip)
+    is easier than the base's, and every item it skips is base steps gained."""
     t = params.train
     up_batch = t.upsampler_batch_size or t.batch_size
     if up_batch < 1:
         raise UserError(f"train.upsampler_batch_size={up_batch}: must be at least 1 (null: train.batch_size)")
-    return min(up_batch, t.batch_size) / t.batch_size  # capped: a smaller train.batch_size needs no second edit
+    share = min(up_batch, t.batch_size) / t.batch_size  # capped: a smaller train.batch_size needs no second edit
+    return max(1, round(batch * share))
 
 
 def batch_inputs(latents: dict[str, torch.Tensor], rows: torch.Tensor, size: str, device) -> DenoiserInputs:
@@ -55,19 +56,20 @@ def denoiser_loss_fn(modules: dict[str, torch.nn.Module], latents: dict[str, tor
     """loss_fn(idx, generator) of the denoiser stage: base loss on the batch, upsampler loss on its share."""
     d = params.diffusion
     scheduler, up_scheduler = noise_schedulers(d)
-    share = upsampler_share(params)
 
-    def loss_fn(idx: list[int], gen: torch.Generator) -> dict[str, torch.Tensor]:
+    def loss_fn(idx: list[int], draws: BatchDraws) -> dict[str, torch.Tensor]:
         rows = torch.tensor([train_rows[i] for i in idx])
         base = base_denoiser_loss(modules["base"], scheduler, latents["video_base"][rows].to(device),
                                   latents["audio"][rows].to(device), batch_inputs(latents, rows, "base", device),
-                                  d.cond_dropout, gen, timestep_logit_mean=d.timestep_logit_mean,
+                                  d.cond_dropout, draws, timestep_logit_mean=d.timestep_logit_mean,
                                   timestep_logit_std=d.timestep_logit_std)
-        up_rows = rows[:max(1, round(len(idx) * share))]
+        # the global batch's first items (this rank's share of them under DDP)
+        n_up, up_draws = draws.take(upsampler_items(params, draws.size or len(idx)))
+        up_rows = rows[:n_up]
         up = upsampler_loss(modules["upsampler"], up_scheduler, latents["video_upsampled"][up_rows].to(device),
                             latents["video_base"][up_rows].to(device),
                             batch_inputs(latents, up_rows, "upsampled", device), d.upsampler_max_noise_aug,
-                            d.cond_dropout, gen)
+                            d.cond_dropout, up_draws)
         return {"loss_video": base.video, "loss_audio": base.audio, "loss_upsampler": up}
 
     return loss_fn
@@ -91,6 +93,7 @@ def train_denoiser(data_dir: str | Path, checkpoint: str | Path, params: Params,
             unwrap(m).set_text_statistics(latents["text_pooled"][picked], latents["text_tokens"][picked],
                                           latents["text_mask"][picked])
         settings, precision = denoiser_settings(params), training_precision(params.train, dev)
+        even_shares(dist, upsampler_items=upsampler_items(params, settings.batch_size))
         loss_fn = denoiser_loss_fn(modules, latents, rows, params, dev)
         state = TrainState.create(modules, len(rows), settings, dist)
         start_or_resume(state, stage_dir, resume, dist, fingerprint(params, manifest), force_resume)

@@ -12,13 +12,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from model import AudioVAE, VideoVAE, from_params
+from model import AudioVAE, BatchDraws, VideoVAE, from_params
 
 from .cache import MultiModalDataset
 from .checkpoint import VAE_DIR, save_vaes
 from .metrics import psnr
 from .params import Params
-from .training import (StageSettings, TrainState, finish_stage, fingerprint, run_loop, stage_session, start_or_resume,
+from .training import (StageSettings, TrainState, even_shares, finish_stage, fingerprint, run_loop, stage_session, start_or_resume,
                        training_precision, training_rows, wrap_ddp)
 
 
@@ -35,15 +35,16 @@ def vae_loss_fn(modules: dict[str, torch.nn.Module], data: dict[str, torch.Tenso
         x = data[field][[rows[i] for i in idx]].to(device)
         return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
-    def loss_fn(idx: list[int], gen: torch.Generator) -> dict[str, torch.Tensor]:
+    def loss_fn(idx: list[int], draws: BatchDraws) -> dict[str, torch.Tensor]:
         losses = {}
         # One set of convolutional weights serves both sizes; 64x64 costs ~6x a 32x32 item on CPU,
-        # so each step sees a few upsampled items beside the full base batch.
-        for field, items in (("video_base", idx), ("video_upsampled", idx[:upsampled_batch])):
+        # so each step sees a few upsampled items (the global batch's first) beside the full base batch.
+        n_up, up_draws = draws.take(upsampled_batch)
+        for field, items, gen in (("video_base", idx, draws), ("video_upsampled", idx[:n_up], up_draws)):
             x = batch(field, items)
             recon, posterior = modules["video_vae"](x, gen)
             losses[f"loss_{field}"] = F.mse_loss(recon, x) + cfg.video_vae.kl_weight * posterior.kl()
-        recon_a, target_a, posterior_a = modules["audio_vae"](batch("audio", idx), gen)
+        recon_a, target_a, posterior_a = modules["audio_vae"](batch("audio", idx), draws)
         losses["loss_audio_vae"] = F.l1_loss(recon_a.float(), target_a) + cfg.audio_vae.kl_weight * posterior_a.kl()
         return losses
 
@@ -83,9 +84,11 @@ def train_vae(data_dir: str | Path, checkpoint: str | Path, params: Params, *, r
         rows = training_rows(manifest)
         modules = wrap_ddp({"video_vae": video_vae, "audio_vae": audio_vae}, dist)
         settings, precision = vae_settings(params), training_precision(params.train, dev)
+        t = params.train
+        even_shares(dist, vae_upsampled_batch_size=min(t.vae_upsampled_batch_size, t.vae_batch_size))
         state = TrainState.create(modules, len(rows), settings, dist)
         start_or_resume(state, stage_dir, resume, dist, fingerprint(params, manifest), force_resume)
-        loss_fn = vae_loss_fn(modules, data, rows, cfg, params.train.vae_upsampled_batch_size, dev)
+        loss_fn = vae_loss_fn(modules, data, rows, cfg, t.vae_upsampled_batch_size, dev)
         result = run_loop("vae", state, loss_fn, settings, stage_dir, dist, tracker, stop_after=stop_after,
                           amp=(dev.type, precision), progress=progress)
         result.metrics.update(scale_and_measure(video_vae, audio_vae, data, manifest, rows, dev))

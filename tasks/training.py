@@ -21,16 +21,17 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as td
-from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
+from model.draws import BatchDraws
 from model.precision import autocast, autocast_dtype
 
 from .checkpoint import (clear_checkpoints, folder_lock, latest_checkpoint, load_module, load_state, save_checkpoint,
                          write_stage_files)
 from .params import flatten
 from .runtime import UserError, pick_device, seed_everything, source_digest
-from .tracking import Tracker, loss_curve_png, write_loss_tsv
+from .plots import loss_curve_png
+from .tracking import Tracker, write_loss_tsv
 
 
 class NonFiniteLossError(RuntimeError):
@@ -75,27 +76,26 @@ def git_commit() -> str:
         return "unknown"
 
 
-def epoch_indices(n: int, epoch: int, seed: int, world: int, rank: int) -> list[int]:
-    """This rank's shuffled indices for an epoch (DistributedSampler: same order on every rank)."""
-    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
-    sampler.set_epoch(epoch)
-    return list(sampler)
+def epoch_indices(n: int, epoch: int, seed: int) -> list[int]:
+    """The shuffled item order of an epoch (torch.utils.data's DistributedSampler for one replica)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
 
 
 class BatchCursor:
-    """Deterministic batches by (epoch, position): the data position is part of the resume state."""
+    """Deterministic global batches by (epoch, position): the data position is part of the resume
+    state. Every DDP rank runs the same cursor and takes its share of each batch (`shard`)."""
 
-    def __init__(self, n: int, batch: int, seed: int, world: int = 1, rank: int = 0, epoch: int = 0, pos: int = 0):
-        self.n, self.batch, self.seed, self.world, self.rank = n, batch, seed, world, rank
+    def __init__(self, n: int, batch: int, seed: int, epoch: int = 0, pos: int = 0):
+        self.n, self.batch, self.seed = n, batch, seed
         self.epoch, self.pos = epoch, pos
-        self._order = epoch_indices(n, epoch, seed, world, rank)
+        self._order = epoch_indices(n, epoch, seed)
 
     def next(self) -> list[int]:
         out: list[int] = []
         while len(out) < self.batch:
             if self.pos >= len(self._order):
                 self.epoch, self.pos = self.epoch + 1, 0
-                self._order = epoch_indices(self.n, self.epoch, self.seed, self.world, self.rank)
+                self._order = epoch_indices(self.n, self.epoch, self.seed)
             take = self._order[self.pos : self.pos + self.batch - len(out)]
             out += take
             self.pos += len(take)
@@ -163,8 +163,10 @@ class TrainState:
         optimizer = make_optimizer(params, s.lr, s.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(s.warmup, s.steps))
         emas = {k: copy.deepcopy(unwrap(m)).requires_grad_(False) for k, m in modules.items()} if s.ema_decay else {}
-        generator = torch.Generator().manual_seed(s.seed * 7919 + dist.rank)
-        cursor = BatchCursor(n_items, max(s.batch_size // dist.world, 1), s.seed, dist.world, dist.rank)
+        even_shares(dist, batch_size=s.batch_size)
+        # One generator and one cursor over the global batch on every rank: see run_loop
+        generator = torch.Generator().manual_seed(s.seed * 7919)
+        cursor = BatchCursor(n_items, s.batch_size, s.seed)
         return cls(modules, emas, optimizer, scheduler, generator, cursor)
 
     @property
@@ -179,19 +181,14 @@ class TrainState:
             load_module(e, folder, f"{k}_ema")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        rngs = state["rng"]
-        self.generator.set_state(rngs[dist.rank] if dist.rank < len(rngs) else rngs[0])
+        self.generator.set_state(state["rng"][0])   # one generator, the same on every rank
         c = self.cursor
-        self.cursor = BatchCursor(c.n, c.batch, c.seed, c.world, c.rank, state["epoch"], state["pos"])
+        self.cursor = BatchCursor(c.n, c.batch, c.seed, state["epoch"], state["pos"])
         self.step, self.losses = int(state["step"]), json.loads(state["losses"])
         self.skipped = int(state.get("skipped", 0))
 
     def save(self, stage_dir: Path, dist: Dist) -> None:
         rngs = [self.generator.get_state()]
-        if dist.world > 1:
-            gathered = [torch.zeros_like(rngs[0]) for _ in range(dist.world)]
-            td.all_gather(gathered, rngs[0])
-            rngs = gathered
         if dist.main:
             weights = {k: unwrap(m).state_dict() for k, m in self.modules.items()}
             weights.update({f"{k}_ema": e.state_dict() for k, e in self.emas.items()})
@@ -284,6 +281,30 @@ def start_or_resume(state: TrainState, stage_dir: Path, resume: bool, dist: Dist
     state.load(folder, dist, saved_state)
 
 
+def even_shares(dist: Dist, **sub_batches: int) -> None:
+    """DDP averages the ranks' gradients, which equals the global batch's only when every rank holds
+    as many items of each sub-batch: refuse counts that do not split evenly."""
+    for name, count in sub_batches.items():
+        if count % dist.world:
+            raise UserError(f"{name}={count} per batch cannot be split evenly over {dist.world} processes; give a "
+                            f"count divisible by {dist.world}")
+
+
+def shard(batch: list[int], generator: torch.Generator, dist: Dist) -> tuple[list[int], BatchDraws]:
+    """This rank's items of a global batch (positions rank, rank + world, ...) and their draws: every
+    rank draws for the whole batch, so N processes train as one does with the same global batch."""
+    return batch[dist.rank::dist.world], BatchDraws.shard(generator, len(batch), dist.rank, dist.world)
+
+
+def global_losses(parts: dict[str, torch.Tensor], dist: Dist) -> dict[str, float]:
+    """The step's losses over the global batch (the ranks' means averaged: their shares are equal)."""
+    values = torch.stack([v.detach().float() for v in parts.values()])
+    if dist.world > 1:
+        td.all_reduce(values)
+        values /= dist.world
+    return dict(zip(parts, values.tolist()))
+
+
 def run_loop(name: str, state: TrainState, loss_fn: Callable[[list[int], torch.Generator], dict[str, torch.Tensor]],
              s: StageSettings, stage_dir: Path, dist: Dist, tracker, *, stop_after: int | None = None,
              amp: tuple[str, torch.dtype | None] = ("cpu", None), progress: bool = True) -> StageResult:
@@ -297,7 +318,7 @@ def run_loop(name: str, state: TrainState, loss_fn: Callable[[list[int], torch.G
     while state.step < last:
         state.optimizer.zero_grad(set_to_none=True)
         with autocast(*amp):
-            parts = loss_fn(state.cursor.next(), state.generator)
+            parts = loss_fn(*shard(state.cursor.next(), state.generator, dist))
         loss = sum(parts.values())
         loss.backward()  # also for a non-finite loss: under DDP every rank then sees the same NaN gradient norm
         grad_norm = float(torch.nn.utils.clip_grad_norm_(state.parameters, s.grad_clip))
@@ -314,7 +335,7 @@ def run_loop(name: str, state: TrainState, loss_fn: Callable[[list[int], torch.G
         for k, e in state.emas.items():
             update_ema(e, unwrap(state.modules[k]), s.ema_decay or 0.0)
         state.step += 1
-        record = {k: float(v.detach()) for k, v in parts.items()}
+        record = global_losses(parts, dist)
         state.losses.append({"step": state.step, **record})
         bar.update()
         if dist.main and (state.step % s.log_every == 0 or state.step == s.steps):

@@ -117,6 +117,15 @@ def wait_for_health(url: str, proc, log, timeout: float) -> None:
         time.sleep(1)
 
 
+def chromium() -> str:
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)  # type: ignore[return-value]
+    raise AssertionError("headless Chromium is not installed (.ci/run installs Debian's chromium package)")
+
+
 def stop_process_group(proc) -> None:
     """End a process started with start_new_session=True and everything it spawned (server workers
     that outlive a SIGTERM to their parent included)."""

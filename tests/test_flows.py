@@ -34,13 +34,14 @@ def test_pipeline_cli_runs_end_to_end_and_the_second_run_reuses_per_clip_work(tm
     env = prefect_env(tmp_path)
     first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    metrics = json.loads((tmp_path / "outputs" / "eval" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "outputs" / "eval" / "details.json").read_text())
     assert metrics["splits"]["test"]["scene"]["clips"] >= 1
     assert len(list((tmp_path / "outputs" / "samples").glob("*.mp4"))) == 6
     assert (tmp_path / "checkpoints" / "denoiser" / "latest").exists()
     log = first.stdout + first.stderr
+    assert (tmp_path / "outputs" / "report.html").exists()
     for task in ("synth", "probe", "extract-audio", "cache-item", "train-vae", "encode-latents", "train-denoiser",
-                 "generate", "evaluate"):
+                 "generate", "evaluate", "build-report"):
         assert re.search(rf"Task run '{task}-\w+' - Finished in state Completed", log), task
 
     second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -100,7 +101,7 @@ def test_served_deployment_runs_through_a_real_prefect_server(tmp_path):
         out = run.stdout + run.stderr
         assert run.returncode == 0 and "Completed" in out, out[-3000:] + (tmp_path / "serve.log").read_text()[-3000:]
         assert "temporary server" not in out  # the CLI talked to the server this test started
-        metrics = json.loads((tmp_path / "outputs" / "eval" / "metrics.json").read_text())
+        metrics = json.loads((tmp_path / "outputs" / "eval" / "details.json").read_text())
         assert "scene" in metrics["splits"]["test"] and (tmp_path / "checkpoints" / "vae" / "video_vae.safetensors").exists()
     finally:
         if served is not None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tasks.cli import main as cli_main
 from tasks.checkpoint import latest_checkpoint, load_pipeline
@@ -290,7 +291,14 @@ def test_evaluate_reports_every_metric(trained_checkpoint, prepared_data, tiny_c
 
     params = load_params(overrides=FAST + [f"eval.clip_path={tiny_clip_dir}"])
     m = evaluate(trained_checkpoint, tmp_path / "eval", params, data=prepared_data, progress=False, track=False)
-    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == json.loads(json.dumps(m))
+    assert json.loads((tmp_path / "eval" / "details.json").read_text()) == json.loads(json.dumps(m))
+    numbers = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(numbers) == {"val", "test", "vae"} and numbers["test"]["all_correct"] == m["splits"]["test"]["scene"]["all_correct"]
+    assert all(type(v) in (int, float) for group in numbers.values() for v in group.values())
+    assert numbers["test"]["clip_score"] == m["splits"]["test"]["clip_score"]["torchmetrics"]
+    for png in ("accuracy.png", "samples_grid.png"):
+        with Image.open(tmp_path / "eval" / png) as im:
+            assert im.width > 400 and im.height > 200, png
     assert list(m["splits"]) == ["val", "test"]
     for split, group in m["splits"].items():
         scene = group["scene"]

@@ -68,14 +68,16 @@ def _tiny_train_args(data: Path, out: Path, *extra: str) -> list[str]:
     return args
 
 
-def _torchrun(*launch: str, stage_args: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "tasks.cli", "train-vae", *stage_args]
+def _launch(*launch: str, stage_args: list[str]) -> subprocess.Popen:
+    """`python -m torch.distributed.run LAUNCH -m tasks.cli train-vae ...`, or one plain process without LAUNCH."""
+    runner = [sys.executable, "-m", "torch.distributed.run", *launch] if launch else [sys.executable]
+    cmd = [*runner, "-m", "tasks.cli", "train-vae", *stage_args]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
 
-def _finish(procs: list[subprocess.Popen]) -> None:
+def _finish(procs: list[subprocess.Popen]) -> list[str]:
     try:
         logs = [p.communicate(timeout=600)[0] for p in procs]
     finally:
@@ -83,31 +85,48 @@ def _finish(procs: list[subprocess.Popen]) -> None:
             if p.poll() is None:
                 stop_process_group(p)
     assert all(p.returncode == 0 for p in procs), "\n".join(log[-2000:] for log in logs)
+    return logs
 
 
-def test_two_torchrun_nodes_on_loopback_train_as_one_node_of_two_processes(prepared_data, tmp_path):
+def test_two_torchrun_nodes_on_loopback_train_as_one_process_with_the_same_global_batch(prepared_data, tmp_path):
     """`torchrun --nnodes 2 --nproc_per_node 1 --rdzv_backend c10d` launched twice (two "nodes" on
-    127.0.0.1, gloo, each with LOCAL_RANK 0): data is sharded by the global rank and rank 0 alone
-    logs and saves, so the weights equal those of one node running 2 processes with the same
-    global batch (sharding by the local rank would feed both nodes the same items, and two savers
-    would collide on the checkpoint folder's lock)."""
+    127.0.0.1, gloo, each with LOCAL_RANK 0): each global rank takes its share of every global batch
+    and the draws of its items (every rank draws for the whole batch), and rank 0 alone logs and
+    saves, so the weights equal one plain process's with the same global batch, and one node of 2
+    processes'. (Sharding by the local rank feeds both nodes the same items; per-rank noise would
+    make the runs equal only in distribution.)"""
     from tasks.checkpoint import latest_checkpoint, load_weights
 
-    steps = ("train.vae_steps=4", "train.batch_size=4")
+    # fp32: bf16 kernels round differently for a batch of 2 and one of 4
+    steps = ("train.vae_steps=4", "train.vae_batch_size=4", "train.vae_upsampled_batch_size=2", "train.precision=fp32")
     port = free_port()
-    nodes = [_torchrun("--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint",
-                       f"127.0.0.1:{port}", "--rdzv_id", "tinyveo-test",
-                       stage_args=_tiny_train_args(prepared_data, tmp_path / "nodes", *steps)) for _ in range(2)]
+    nodes = [_launch("--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint",
+                     f"127.0.0.1:{port}", "--rdzv_id", "tinyveo-test",
+                     stage_args=_tiny_train_args(prepared_data, tmp_path / "nodes", *steps)) for _ in range(2)]
     _finish(nodes)
-    _finish([_torchrun("--standalone", "--nproc_per_node", "2",
-                       stage_args=_tiny_train_args(prepared_data, tmp_path / "one-node", *steps))])
-    a, b = latest_checkpoint(tmp_path / "nodes" / "vae"), latest_checkpoint(tmp_path / "one-node" / "vae")
-    assert a.name == b.name == "step-0000004"
-    for module in ("video_vae", "audio_vae"):
-        wa, wb = load_weights(a, module), load_weights(b, module)
-        worst = max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa)
-        assert worst < 1e-6, (module, worst)
-    assert json.loads((tmp_path / "nodes" / "vae" / "summary.json").read_text())["steps"] == 4
+    _finish([_launch("--standalone", "--nproc_per_node", "2",
+                     stage_args=_tiny_train_args(prepared_data, tmp_path / "one-node", *steps))])
+    _finish([_launch(stage_args=_tiny_train_args(prepared_data, tmp_path / "one-process", *steps))])
+    runs = {name: latest_checkpoint(tmp_path / name / "vae") for name in ("nodes", "one-node", "one-process")}
+    assert {folder.name for folder in runs.values()} == {"step-0000004"}
+    for other in ("one-node", "one-process"):
+        for module in ("video_vae", "audio_vae"):
+            wa, wb = load_weights(runs["nodes"], module), load_weights(runs[other], module)
+            worst = max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa)
+            assert worst < 1e-6, (other, module, worst)
+    summaries = [json.loads((tmp_path / n / "vae" / "summary.json").read_text()) for n in ("nodes", "one-process")]
+    assert summaries[0]["steps"] == 4 and abs(summaries[0]["loss_audio_vae"] - summaries[1]["loss_audio_vae"]) < 1e-4
+
+
+def test_a_batch_that_does_not_split_evenly_over_the_processes_is_refused(prepared_data, tmp_path):
+    logs = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "tasks.cli", "train-vae", *_tiny_train_args(prepared_data, tmp_path / "odd",
+                                                                            "train.vae_batch_size=4",
+                                                                            "train.vae_upsampled_batch_size=1")],
+                          cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT)),
+                          capture_output=True, text=True, timeout=300)
+    assert logs.returncode != 0
+    assert "vae_upsampled_batch_size=1 per batch cannot be split evenly over 2 processes" in logs.stdout + logs.stderr
 
 
 def test_an_mlflow_server_records_two_concurrent_training_runs_completely(prepared_data, tmp_path):

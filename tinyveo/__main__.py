@@ -1,0 +1,4 @@
+"""`python -m tinyveo ...` is the `tinyveo` command."""
+from flows.cli import main
+
+raise SystemExit(main())
