@@ -3,7 +3,7 @@ function in tasks/, wrapped here as a Prefect task (names, retries, mapping, cac
 
     pipeline = data_flow -> train_flow -> evaluate_flow
     data_flow:     synth (or your clips) -> tasks.prepare.prepare, its per-clip work mapped as tasks:
-                   probe, extract-audio, cache-item (one task run per clip)
+                   probe, extract-audio, cache-clip (one task run per clip, for all its windows)
     train_flow:    train-vae -> encode-latents -> train-denoiser
     evaluate_flow: generate (demo prompts) -> evaluate (held-out prompts) -> report (outputs/report.html)
 
@@ -30,7 +30,7 @@ from tasks.generate import generate
 from tasks.params import Params, load_params
 from tasks.prepare import prepare
 from tasks.report import build_report
-from tasks.preprocess import compute_item
+from tasks.preprocess import compute_clip
 from tasks.probe import probe_clip
 from tasks.samples import read_prompts
 from tasks.synth import synth
@@ -44,7 +44,7 @@ PER_CLIP = {
     "audio": task(extract_clip_audio, name="extract-audio", retries=2, retry_delay_seconds=[1, 4],
                   cache_policy=CodeAndInputs(files=("video",)), persist_result=True),
     # The tensor cache's manifest already skips unchanged items; the tensors are too big to persist twice.
-    "cache": task(compute_item, name="cache-item", cache_policy=NO_CACHE),
+    "cache": task(compute_clip, name="cache-clip", cache_policy=NO_CACHE),
 }
 synth_task = task(synth, name="synth", retries=1, retry_delay_seconds=[2], cache_policy=NO_CACHE)
 STAGES = {fn.__name__: task(fn, name=fn.__name__.replace("_", "-"), cache_policy=NO_CACHE)
@@ -84,7 +84,7 @@ def data_flow(source: str | None = None, annotations: str | None = None, data_di
         source = str(data / "raw")
     elif annotations is None:
         raise ValueError("annotations is required with source")
-    report = prepare(source, annotations, data, params.cache, progress=False, map_fn=map_per_clip)
+    report = prepare(source, annotations, data, params.cache, progress=False, map_fn=map_per_clip, curate=params.curate)
     get_run_logger().info(report.summary())
     return str(data)
 

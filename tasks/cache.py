@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
+from itertools import groupby
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,7 +24,7 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from .media import atomic_path
-from .preprocess import compute_item
+from .preprocess import compute_clip
 from .runtime import UserError, map_clips
 
 MANIFEST = "manifest.parquet"
@@ -69,9 +70,13 @@ class CacheItem:
     image_hash: str | None = None
     split: str | None = None
     attributes: str | None = None  # JSON, when the annotations carry attributes
+    window: int = 0               # which window of the clip: it starts at window_start_s + window * window_s
+    caption_source: str = "annotation"   # annotation | filename | clip-zero-shot:<model> (tasks/curate.py)
+    safety: str = ""              # what the safety step checked, or that it did not
 
     def key(self, settings: CacheSettings) -> str:
         parts = [self.content_hash, self.image_hash or "", settings.fingerprint()]
+        parts += [f"window {self.window}"] if self.window else []   # a clip's first window keeps its old key
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
@@ -89,7 +94,7 @@ class CacheResult:
     computed: int
     reused: int
     failed: list[tuple[str, str]]   # (source, reason)
-    padded: dict[str, bool]         # source -> padded to the window, for every item in the manifest
+    padded: dict[str, bool]         # item id -> padded to the window, for every item in the manifest
 
 
 def write_cache(items: list[CacheItem], cache_dir: str | Path, settings: CacheSettings, workers: int = 2,
@@ -104,8 +109,10 @@ def write_cache(items: list[CacheItem], cache_dir: str | Path, settings: CacheSe
     known, padded_flags = _known_items(old, cache_dir)
     keys = [it.key(settings) for it in items]
     todo = [(it, k) for it, k in zip(items, keys) if k not in known]
-    jobs = [(it, settings) for it, _ in todo]
-    results = (map_fn or (lambda fn, j, desc: map_clips(fn, j, workers, desc, progress, pool)))(compute_item, jobs, "cache")
+    clips = [list(group) for _, group in groupby([it for it, _ in todo], key=lambda it: it.video)]
+    per_clip = (map_fn or (lambda fn, j, desc: map_clips(fn, j, workers, desc, progress, pool)))(
+        compute_clip, [(clip, settings) for clip in clips], "cache")   # one decode per clip for all its windows
+    results = [r for clip_results in per_clip for r in clip_results]
     new_locations, failed = _write_new_items(cache_dir, todo, results, settings.shard_size, padded_flags)
     locations = {**known, **new_locations}
     rows = [_manifest_row(it, key, locations[key], padded_flags.get(key, False))
@@ -114,7 +121,7 @@ def write_cache(items: list[CacheItem], cache_dir: str | Path, settings: CacheSe
     frame = pd.DataFrame(rows, columns=columns)
     _replace_manifest(cache_dir, old, frame)
     return CacheResult(manifest_path, computed=len(todo) - len(failed), reused=len(items) - len(todo), failed=failed,
-                       padded={row["source"]: row["padded"] for row in rows})
+                       padded={row["id"]: row["padded"] for row in rows})
 
 
 def _known_items(old: pd.DataFrame | None, cache_dir: Path) -> tuple[dict[str, tuple[str, int]], dict[str, bool]]:

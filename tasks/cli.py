@@ -175,7 +175,7 @@ def run_synth(args: argparse.Namespace, params) -> int:
 def run_prepare(args: argparse.Namespace, params) -> int:
     from .prepare import prepare
 
-    report = prepare(args.source, args.annotations, args.out, params.cache, args.workers)
+    report = prepare(args.source, args.annotations, args.out, params.cache, args.workers, curate=params.curate)
     for s in report.skipped:
         print(f"skipped {s['source']}: {s['reason']}")
     print(report.summary())

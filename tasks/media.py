@@ -17,10 +17,17 @@ class MediaError(Exception):
     """A media file cannot be used; the message says why."""
 
 
-def _decode(path: str | Path, max_seconds: float | None, to_rgb: bool) -> tuple[list, list[float], tuple[int, int]]:
+THUMB = 32   # side of the thumbnails probing keeps for the quality filters
+
+
+def _decode(path: str | Path, max_seconds: float | None, to_rgb: bool, thumbs_every_s: float | None = None,
+            thumbs: list | None = None) -> tuple[list, list[float], tuple[int, int]]:
+    """Frames (RGB when `to_rgb`), their times and the frame size; with `thumbs_every_s`, a THUMB x
+    THUMB RGB thumbnail about every that many seconds goes into `thumbs`."""
     import av
 
     frames, times = [], []
+    next_thumb = 0.0
     size = (0, 0)
     try:
         with av.open(str(path)) as container:
@@ -37,6 +44,9 @@ def _decode(path: str | Path, max_seconds: float | None, to_rgb: bool) -> tuple[
                 size = (frame.width, frame.height)
                 if to_rgb:
                     frames.append(frame.to_ndarray(format="rgb24"))
+                if thumbs_every_s is not None and t >= next_thumb:
+                    thumbs.append(frame.reformat(width=THUMB, height=THUMB, format="rgb24").to_ndarray())
+                    next_thumb = t + thumbs_every_s
                 times.append(t)
     except av.error.FFmpegError as exc:
         if not times:
@@ -58,10 +68,20 @@ def decode_video(path: str | Path, max_seconds: float | None = None) -> tuple[np
     return np.stack(frames)[order], np.asarray(times, dtype=np.float64)[order]
 
 
-def decode_check(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode every frame without converting it (the decode check of probing): sorted times, (W, H)."""
-    _, times, size = _decode(path, None, to_rgb=False)
-    return np.sort(np.asarray(times, dtype=np.float64)), size
+def decode_check(path: str | Path, thumbs_every_s: float = 0.25) -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
+    """Decode every frame without converting it (the decode check of probing): sorted times, (W, H),
+    and small RGB thumbnails (N, THUMB, THUMB, 3) about every `thumbs_every_s` for the quality filters."""
+    thumbs: list = []
+    _, times, size = _decode(path, None, to_rgb=False, thumbs_every_s=thumbs_every_s, thumbs=thumbs)
+    return np.sort(np.asarray(times, dtype=np.float64)), size, np.stack(thumbs)
+
+
+def brightness_and_motion(thumbs: np.ndarray) -> tuple[float, float]:
+    """Mean luma (0-255, Rec. 601) of the thumbnails, and the mean absolute luma change between
+    consecutive ones (0 for a still picture)."""
+    luma = thumbs.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    motion = float(np.abs(np.diff(luma, axis=0)).mean()) if len(luma) > 1 else 0.0
+    return float(luma.mean()), motion
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:

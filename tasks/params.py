@@ -51,13 +51,27 @@ class CacheParams:
     upsampled_size: int = 64
     sample_rate: int = 16000
     window_start_s: float = 0.0
+    max_windows_per_clip: int = 16
     shard_size: int = 256
     min_duration_s: float = 0.25
     max_clip_mb: float = 4096.0
     max_clip_pixels: int = 7680 * 4320
+    min_brightness: float = 10.0
+    min_motion: float = 0.2
     skip_no_audio: bool = False
     skip_truncated: bool = True
     workers: int = 2
+
+
+@dataclass(frozen=True)
+class CurateParams:
+    captioner: str = "filename"
+    captioner_path: str | None = None
+    caption_labels: tuple[str, ...] = ()
+    safety: str = "pass"
+    safety_path: str | None = None
+    unsafe_labels: tuple[str, ...] = ("nsfw",)
+    safety_threshold: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -149,6 +163,7 @@ class Params:
     seed: int = 0
     data: DataParams = field(default_factory=DataParams)
     cache: CacheParams = field(default_factory=CacheParams)
+    curate: CurateParams = field(default_factory=CurateParams)
     vae: VAEParams = field(default_factory=VAEParams)
     conditioning: ConditioningParams = field(default_factory=ConditioningParams)
     denoiser: DenoiserParams = field(default_factory=DenoiserParams)

@@ -1,7 +1,9 @@
 """`tinyveo prepare`: clips + annotations -> the article's pairs and the tensor cache.
 
-Steps, each its own task module: ingest -> probe/filter -> audio extraction -> pair
-reorganization -> tensor caching -> report. One bad clip never stops the run: it is skipped and
+Steps, each its own task module: ingest -> probe/filter (quality thresholds in `cache`) -> curate
+(captions for clips without one, safety: tasks/curate.py) -> audio extraction -> pair
+reorganization -> tensor caching (every whole cache.window_s window of a clip, up to
+cache.max_windows_per_clip, from one decode of the clip) -> report. One bad clip never stops the run: it is skipped and
 listed with its reason in DATA_DIR/prepare_report.json. Per-clip work runs in a process pool.
 
     tinyveo prepare --source data/raw --annotations data/raw/annotations.json --out data
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,7 +20,8 @@ from .cache import CacheItem, CacheSettings, write_cache
 from .extract_audio import extract_clip_audio
 from .ingest import ingest
 from .media import file_sha256, write_text_atomic
-from .params import CacheParams
+from .curate import Curator
+from .params import CacheParams, CurateParams
 from .probe import ProbeInfo, probe_clip
 from .reorganize import PairInput, reorganize
 from .runtime import map_clips, process_pool
@@ -37,12 +40,13 @@ class PrepareReport:
     def summary(self) -> str:
         padded = sum(k["padded"] for k in self.kept)
         silent = sum(not k["has_audio"] for k in self.kept)
-        return (f"prepared {len(self.kept)} clips ({self.cache_computed} cached now, {self.cache_reused} reused; "
-                f"{padded} padded, {silent} without audio, {self.empty_captions} empty captions), "
-                f"skipped {len(self.skipped)}")
+        clips = len({k["source"] for k in self.kept})
+        return (f"prepared {clips} clips as {len(self.kept)} windows ({self.cache_computed} cached now, "
+                f"{self.cache_reused} reused; {padded} padded, {silent} without audio, {self.empty_captions} "
+                f"empty captions), skipped {len(self.skipped)}")
 
 
-PROBE_VERSION = 2   # bumped when ProbeInfo gains a field: older cached probes are redone
+PROBE_VERSION = 3   # bumped when ProbeInfo gains a field: older cached probes are redone
 
 
 def _probe_all(paths: list[str], cache: CacheParams, cache_file: Path, mapper: MapFn) -> list[ProbeInfo]:
@@ -64,9 +68,11 @@ def _probe_all(paths: list[str], cache: CacheParams, cache_file: Path, mapper: M
 
 
 def prepare(source: str | Path, annotations: str | Path, out: str | Path, cache: CacheParams,
-            workers: int | None = None, progress: bool = True, map_fn: MapFn | None = None) -> PrepareReport:
+            workers: int | None = None, progress: bool = True, map_fn: MapFn | None = None,
+            curate: CurateParams | None = None) -> PrepareReport:
     """Every step of the data pipeline; `map_fn(fn, jobs, desc) -> results` runs the per-clip work
     (default: a process pool of `workers`; the Prefect data flow passes mapped tasks)."""
+    curator = Curator(curate or CurateParams())   # a bad curate setting fails before any work
     workers = cache.workers if workers is None else workers
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -79,11 +85,13 @@ def prepare(source: str | Path, annotations: str | Path, out: str | Path, cache:
     try:
         probes = _probe_all([str(r.video_path) for r in ingested.records], cache,
                             out / ".probe_cache.json", mapper)
-        accepted = select_clips(ingested.records, probes, cache.skip_no_audio, report, cache.skip_truncated)
+        accepted = select_clips(ingested.records, probes, cache.skip_no_audio, report, cache.skip_truncated,
+                                quality_filters(cache))
+        accepted = curated(accepted, curator, report, progress)
         jobs = audio_jobs(accepted, out, cache.sample_rate)
         extracted = extracted_clips(accepted, jobs, mapper(extract_clip_audio, jobs, "audio"), report)
         pairs = reorganize(pair_inputs(extracted), out)
-        items = cache_items(extracted, pairs)
+        items = cache_items(extracted, pairs, cache)
         result = write_cache(items, out / "cache", CacheSettings.from_params(cache), workers, progress, pool,
                              map_fn=map_fn)
         return write_report(items, result, out, report)
@@ -92,11 +100,26 @@ def prepare(source: str | Path, annotations: str | Path, out: str | Path, cache:
             pool.shutdown()
 
 
+def quality_filters(cache: CacheParams) -> list[Callable[[ProbeInfo], str | None]]:
+    """The quality filters, as thresholds in the `cache` params: each gives the reason a clip fails, or None."""
+    def too_dark(info: ProbeInfo) -> str | None:
+        if 0 <= info.brightness < cache.min_brightness:
+            return f"too dark (mean brightness {info.brightness:.1f} < cache.min_brightness {cache.min_brightness})"
+        return None
+
+    def static(info: ProbeInfo) -> str | None:
+        if 0 <= info.motion < cache.min_motion:
+            return f"static (mean frame difference {info.motion:.2f} < cache.min_motion {cache.min_motion})"
+        return None
+
+    return [too_dark, static]
+
+
 def select_clips(records: list, probes: list, skip_no_audio: bool, report: PrepareReport,
-                 skip_truncated: bool = True) -> list[tuple]:
-    """Keep clips that probed fine, are not duplicates (by content hash), are not truncated (when
-    cache.skip_truncated) and, when cache.skip_no_audio, have audio; every other clip goes into the
-    report with its reason."""
+                 skip_truncated: bool = True, filters: list[Callable[[ProbeInfo], str | None]] = ()) -> list[tuple]:
+    """Keep clips that probed fine (not too short), are not duplicates (by content hash), are not
+    truncated (when cache.skip_truncated), pass the quality `filters` and, when cache.skip_no_audio,
+    have audio; every other clip goes into the report with its reason."""
     first_by_hash: dict[str, str] = {}
     accepted = []
     for rec, info in zip(records, probes):
@@ -109,10 +132,27 @@ def select_clips(records: list, probes: list, skip_no_audio: bool, report: Prepa
                                    "reason": f"duplicate of {first_by_hash[info.content_hash]}"})
         elif not info.has_audio and skip_no_audio:
             report.skipped.append({"source": rec.rel_path, "record": rec.index, "reason": "no audio stream"})
+        elif failed := next((reason for reason in (f(info) for f in filters) if reason), None):
+            report.skipped.append({"source": rec.rel_path, "record": rec.index, "reason": failed})
         else:
             first_by_hash[info.content_hash] = rec.rel_path
             accepted.append((rec, info))
     return accepted
+
+
+def curated(accepted: list[tuple], curator: Curator, report: PrepareReport, progress: bool = False) -> list[tuple]:
+    """Captions for clips without one and the safety check: (record with its caption, probe, verdict)
+    per clip kept; an unsafe clip goes into the report with its label and score."""
+    from tqdm import tqdm
+
+    kept = []
+    for rec, info in tqdm(accepted, desc="curate", unit="clip", disable=not progress or curator.trivial):
+        verdict = curator(rec.video_path, rec.caption, info.has_audio, info.duration)
+        if verdict.unsafe_reason:
+            report.skipped.append({"source": rec.rel_path, "record": rec.index, "reason": verdict.unsafe_reason})
+        else:
+            kept.append((replace(rec, caption=verdict.caption), info, verdict))
+    return kept
 
 
 def audio_jobs(accepted: list[tuple], out: Path, sample_rate: int) -> list[tuple]:
@@ -120,37 +160,49 @@ def audio_jobs(accepted: list[tuple], out: Path, sample_rate: int) -> list[tuple
     audio_dir = Path(out) / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
     return [(str(r.video_path), str(audio_dir / f"{i.content_hash[:24]}.wav"), sample_rate, i.has_audio, i.duration)
-            for r, i in accepted]
+            for r, i, _ in accepted]
 
 
 def extracted_clips(accepted: list[tuple], jobs: list[tuple], errors: list[str | None],
                     report: PrepareReport) -> list[tuple]:
-    """(record, probe, wav) for clips whose audio extraction worked; failures go into the report."""
+    """(record, probe, wav, verdict) for clips whose audio extraction worked; failures go into the report."""
     extracted = []
-    for (rec, info), job, error in zip(accepted, jobs, errors):
+    for (rec, info, verdict), job, error in zip(accepted, jobs, errors):
         if error:
             report.skipped.append({"source": rec.rel_path, "record": rec.index, "reason": error})
         else:
-            extracted.append((rec, info, Path(job[1])))
+            extracted.append((rec, info, Path(job[1]), verdict))
     return extracted
 
 
 def pair_inputs(extracted: list[tuple]) -> list[PairInput]:
-    return [PairInput(str(r.index), r.video_path, w, r.caption, r.image_path) for r, _, w in extracted]
+    return [PairInput(str(r.index), r.video_path, w, r.caption, r.image_path) for r, _, w, _ in extracted]
 
 
-def cache_items(extracted: list[tuple], pairs: list) -> list:
-    """One CacheItem per reorganized pair, carrying content hashes, split and attributes."""
+def window_count(duration: float, cache: CacheParams) -> int:
+    """How many whole, non-overlapping windows of cache.window_s fit from cache.window_start_s (at
+    least one: a shorter clip is padded), capped at cache.max_windows_per_clip."""
+    whole = int((duration - cache.window_start_s + 1e-3) // cache.window_s)
+    return max(1, min(whole, cache.max_windows_per_clip))
+
+
+def cache_items(extracted: list[tuple], pairs: list, cache: CacheParams) -> list:
+    """One CacheItem per window of each reorganized pair, carrying content hashes, split and
+    attributes. Every window keeps its clip's caption and split (no clip straddles two splits); the
+    first-frame image of an i2v clip belongs to its first window, so later windows are t2v."""
     items = []
-    for (rec, info, _), pair in zip(extracted, pairs):
-        items.append(CacheItem(
-            id=f"{pair.modality}_{pair.video.stem.split('_')[-1]}", modality=pair.modality, caption=rec.caption,
-            source=rec.rel_path, content_hash=info.content_hash, has_audio=info.has_audio,
-            duration=round(info.duration, 4), fps=round(info.fps, 4), video=str(pair.video), wav=str(pair.wav),
-            image=str(pair.image) if pair.image else None,
-            image_hash=file_sha256(pair.image) if pair.image else None, split=rec.split,
-            attributes=json.dumps(rec.attributes, sort_keys=True) if rec.attributes else None,
-        ))
+    for (rec, info, _, verdict), pair in zip(extracted, pairs):
+        for w in range(window_count(info.duration, cache)):
+            image = pair.image if w == 0 else None
+            items.append(CacheItem(
+                id=f"{pair.modality}_{pair.video.stem.split('_')[-1]}" + (f"_w{w}" if w else ""),
+                modality=pair.modality if image or not pair.image else "t2v", caption=rec.caption,
+                source=rec.rel_path, content_hash=info.content_hash, has_audio=info.has_audio,
+                duration=round(info.duration, 4), fps=round(info.fps, 4), video=str(pair.video), wav=str(pair.wav),
+                image=str(image) if image else None, image_hash=file_sha256(image) if image else None,
+                split=rec.split, attributes=json.dumps(rec.attributes, sort_keys=True) if rec.attributes else None,
+                window=w, caption_source=verdict.caption_source, safety=verdict.safety,
+            ))
     return items
 
 
@@ -158,14 +210,18 @@ def write_report(items: list, result, out: str | Path, report: PrepareReport) ->
     """Fill the report from the cache result and write DATA/prepare_report.json."""
     report.cache_computed, report.cache_reused = result.computed, result.reused
     failed = {s for s, _ in result.failed}
-    report.skipped += [{"source": s, "record": None, "reason": r} for s, r in result.failed]
+    report.skipped += [{"source": s, "record": None, "reason": r} for s, r in dict(result.failed).items()]  # once a clip
     for item in items:
         if item.source in failed:
             continue
-        report.kept.append({"id": item.id, "source": item.source, "modality": item.modality, "has_audio": item.has_audio,
-                            "duration": item.duration, "fps": item.fps, "padded": result.padded[item.source],
-                            "split": item.split, "content_hash": item.content_hash})
+        report.kept.append({"id": item.id, "source": item.source, "window": item.window, "caption": item.caption,
+                            "caption_source": item.caption_source, "safety": item.safety, "modality": item.modality,
+                            "has_audio": item.has_audio, "duration": item.duration, "fps": item.fps,
+                            "padded": result.padded[item.id], "split": item.split, "content_hash": item.content_hash})
+    windows = {}
+    for k in report.kept:
+        windows[k["source"]] = windows.get(k["source"], 0) + 1
     write_text_atomic(Path(out) / "prepare_report.json",
-                      json.dumps({"summary": report.summary(), "kept": report.kept, "skipped": report.skipped},
-                                 indent=1) + "\n")
+                      json.dumps({"summary": report.summary(), "windows_per_clip": windows, "kept": report.kept,
+                                  "skipped": report.skipped}, indent=1) + "\n")
     return report

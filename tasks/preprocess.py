@@ -54,17 +54,7 @@ def preprocess_audio_array(path: str | Path, sample_rate: int = 16000, window_s:
                            start_s: float = 0.0) -> tuple[np.ndarray, bool]:
     """(N,) float32 mono in [-1, 1], peak-normalised, padded/trimmed to the window; and padded?"""
     audio, rate = read_wav(path)
-    audio = resample(audio, rate, sample_rate)
-    n = int(round(window_s * sample_rate))
-    first = int(round(start_s * sample_rate))
-    clip = audio[first:first + n]
-    padded = len(clip) < n
-    if padded:
-        clip = np.pad(clip, (0, n - len(clip)))
-    peak = float(np.abs(clip).max()) if len(clip) else 0.0
-    if peak > 0:
-        clip = clip / peak
-    return clip.astype(np.float32), padded
+    return window_audio(resample(audio, rate, sample_rate), sample_rate, window_s, start_s)
 
 
 def preprocess_audio(path: str | Path, sample_rate: int = 16000, window_s: float = 2.0, start_s: float = 0.0):
@@ -84,15 +74,12 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
     return resize_square(arr[None], size)[0]
 
 
-def item_tensors(item, settings) -> tuple[dict[str, np.ndarray], bool]:
-    """All tensors of one item (uint8 CHW video/images, float16 audio) and whether it was padded."""
+def window_tensors(chosen_sizes: dict[int, np.ndarray], audio: np.ndarray, item, settings) -> dict[str, np.ndarray]:
+    """One item's cache tensors (uint8 CHW video/images, float16 audio) from its window's frames and samples."""
     s = settings
-    sized, padded_v = preprocess_video_sizes(item.video, (s.base_size, s.upsampled_size), s.num_frames, s.window_s,
-                                             s.window_start_s)
-    audio, padded_a = preprocess_audio_array(item.wav, s.sample_rate, s.window_s, s.window_start_s)
     out = {
-        "video_base": sized[s.base_size].transpose(3, 0, 1, 2),
-        "video_upsampled": sized[s.upsampled_size].transpose(3, 0, 1, 2),
+        "video_base": chosen_sizes[s.base_size].transpose(3, 0, 1, 2),
+        "video_upsampled": chosen_sizes[s.upsampled_size].transpose(3, 0, 1, 2),
         "audio": audio[None].astype(np.float16),
         "image_base": np.zeros((3, s.base_size, s.base_size), np.uint8),
         "image_upsampled": np.zeros((3, s.upsampled_size, s.upsampled_size), np.uint8),
@@ -100,13 +87,44 @@ def item_tensors(item, settings) -> tuple[dict[str, np.ndarray], bool]:
     if item.image:
         out["image_base"] = load_image(item.image, s.base_size).transpose(2, 0, 1)
         out["image_upsampled"] = load_image(item.image, s.upsampled_size).transpose(2, 0, 1)
-    return {k: np.ascontiguousarray(v) for k, v in out.items()}, padded_v or padded_a
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
-def compute_item(item, settings) -> tuple[dict[str, np.ndarray] | None, bool, str | None]:
-    """(tensors, padded, None) or (None, False, the reason): one bad clip never kills the run."""
+def window_audio(audio: np.ndarray, sample_rate: int, window_s: float, start_s: float) -> tuple[np.ndarray, bool]:
+    """A window of resampled mono samples, peak-normalised, padded past the end; and padded?"""
+    n = int(round(window_s * sample_rate))
+    first = int(round(start_s * sample_rate))
+    clip = audio[first:first + n]
+    padded = len(clip) < n
+    if padded:
+        clip = np.pad(clip, (0, n - len(clip)))
+    peak = float(np.abs(clip).max()) if len(clip) else 0.0
+    if peak > 0:
+        clip = clip / peak
+    return clip.astype(np.float32), padded
+
+
+def clip_tensors(items: list, settings) -> list[tuple[dict[str, np.ndarray], bool]]:
+    """Every window item of one clip from one decode of its video and one read of its audio: the
+    tensors and whether the window was padded, per item (items share `video` and `wav`)."""
+    s = settings
+    starts = [s.window_start_s + it.window * s.window_s for it in items]
+    frames, times = decode_video(items[0].video, max_seconds=max(starts) + s.window_s + 1.0)
+    samples, rate = read_wav(items[0].wav)
+    samples = resample(samples, rate, s.sample_rate)
+    out = []
+    for item, start in zip(items, starts):
+        chosen, padded_v = select_frames(frames, times, frame_times(s.num_frames, s.window_s, start))
+        audio, padded_a = window_audio(samples, s.sample_rate, s.window_s, start)
+        sized = {size: resize_square(chosen, size) for size in (s.base_size, s.upsampled_size)}
+        out.append((window_tensors(sized, audio, item, s), padded_v or padded_a))
+    return out
+
+
+def compute_clip(items: list, settings) -> list[tuple[dict[str, np.ndarray] | None, bool, str | None]]:
+    """(tensors, padded, None) or (None, False, the reason) per window item of one clip: one bad
+    clip never kills the run."""
     try:
-        tensors, padded = item_tensors(item, settings)
-        return tensors, padded, None
+        return [(tensors, padded, None) for tensors, padded in clip_tensors(items, settings)]
     except Exception as exc:  # reported per clip by the caller; the others go on
-        return None, False, f"{type(exc).__name__}: {exc}"
+        return [(None, False, f"{type(exc).__name__}: {exc}")] * len(items)

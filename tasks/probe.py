@@ -1,5 +1,6 @@
-"""Probe and filter: is the file a decodable video, how long, at what rate, with audio or not, and
-its content hash (for exact-duplicate detection). Never raises for a bad file: it says why instead."""
+"""Probe and filter: is the file a decodable video, how long, at what rate, with audio or not, its
+content hash (exact duplicates), brightness and motion (quality filters). Never raises for a bad
+file: it says why instead."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -22,6 +23,8 @@ class ProbeInfo:
     audio_channels: int = 0
     content_hash: str = ""
     declared_duration: float = 0.0   # what the container says; far more than `duration` decodes: truncated
+    brightness: float = -1.0         # mean luma 0-255 of frames sampled every 0.25 s (-1: not measured)
+    motion: float = -1.0             # mean absolute luma change between those frames (0: a still picture)
 
     @property
     def truncated(self) -> bool:
@@ -41,7 +44,7 @@ def probe_clip(path: str | Path, min_duration: float = 0.25, max_bytes: float | 
     too-short files; the size caps are checked before any frame is decoded."""
     import av
 
-    from .media import MediaError, decode_check, file_sha256
+    from .media import MediaError, brightness_and_motion, decode_check, file_sha256
 
     path = Path(path)
     try:
@@ -68,17 +71,19 @@ def probe_clip(path: str | Path, min_duration: float = 0.25, max_bytes: float | 
     except av.error.FFmpegError as exc:
         return ProbeInfo(str(path), False, f"not a readable media file ({exc.__class__.__name__})", content_hash=digest)
     try:
-        times, (width, height) = decode_check(path)
+        times, (width, height), thumbs = decode_check(path)
     except MediaError as exc:
         return ProbeInfo(str(path), False, str(exc), content_hash=digest)
+    brightness, motion = brightness_and_motion(thumbs)
     n = len(times)
     step = float((times[-1] - times[0]) / (n - 1)) if n > 1 else 0.0  # mean frame period (VFR-safe)
     fps = 1.0 / step if step > 0 else 0.0
     duration = float(times[-1]) + (step if step > 0 else 0.0)
     if duration < min_duration:
         return ProbeInfo(str(path), False, f"too short ({duration:.2f} s < {min_duration} s)", duration, fps,
-                         width, height, n, has_audio, channels, digest, declared)
-    return ProbeInfo(str(path), True, None, duration, fps, width, height, n, has_audio, channels, digest, declared)
+                         width, height, n, has_audio, channels, digest, declared, brightness, motion)
+    return ProbeInfo(str(path), True, None, duration, fps, width, height, n, has_audio, channels, digest, declared,
+                     brightness, motion)
 
 
 def declared_seconds(container) -> float:

@@ -30,8 +30,9 @@ def ffmpeg(*args: str) -> None:
 
 
 def lavfi_clip(path: Path, duration: float = 2.5, audio: str | None = "sine=frequency=440", channels: int = 2,
-               extra: tuple[str, ...] = ()) -> Path:
-    args = ["-f", "lavfi", "-i", f"testsrc2=size=96x64:rate=25:duration={duration}"]
+               extra: tuple[str, ...] = (), video: str = "testsrc2") -> Path:
+    separator = ":" if "=" in video else "="
+    args = ["-f", "lavfi", "-i", f"{video}{separator}size=96x64:rate=25:duration={duration}"]
     if audio:
         args += ["-f", "lavfi", "-i", f"{audio}:duration={duration}:sample_rate=48000", "-ac", str(channels), "-c:a", "aac"]
     else:
@@ -362,3 +363,80 @@ def test_prepare_cli_bad_annotations_is_one_line_naming_the_file(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(bad) in lines[0] and "malformed JSON" in lines[0]
+
+
+def _stepped_clip(path: Path, duration: float, fps: int = 24, rate: int = 44100) -> Path:
+    """A clip whose brightness and tone change every 2 s: window k is grey level 40 (k + 1) with a
+    sine at 300 (k + 1) Hz."""
+    from moviepy import AudioArrayClip, VideoClip
+
+    t = np.arange(int(rate * duration)) / rate
+    tone = 0.5 * np.sin(2 * np.pi * 300 * (t // 2 + 1) * t).astype(np.float32)
+    clip = VideoClip(frame_function=lambda s: np.full((48, 48, 3), 40 * (int(s // 2) + 1), np.uint8), duration=duration)
+    clip = clip.with_fps(fps).with_audio(AudioArrayClip(np.stack([tone, tone], 1), fps=rate))
+    clip.write_videofile(str(path), fps=fps, codec="libx264", audio_codec="aac", logger=None,
+                         temp_audiofile_path=str(path.parent))
+    return path
+
+
+def test_every_window_of_a_long_clip_is_an_item_decoded_once(tmp_path, monkeypatch):
+    """A 7.3 s clip gives its three whole 2 s windows (each its own frames and sound), a 1.5 s clip one
+    padded window; each clip is decoded once for all its windows; a lower cap keeps the first windows
+    without recomputing them."""
+    import tasks.preprocess as preprocess
+    from tasks.cache import MultiModalDataset
+    from tasks.params import load_params
+
+    src = tmp_path / "clips"
+    src.mkdir()
+    _stepped_clip(src / "long.mp4", 7.3)
+    _stepped_clip(src / "short.mp4", 1.5)
+    (src / "ann.json").write_text(json.dumps([{"video_path": "long.mp4", "summary": "steps of grey"},
+                                              {"video_path": "short.mp4", "summary": "one grey"}]))
+    decodes = []
+    real_decode = preprocess.decode_video
+    monkeypatch.setattr(preprocess, "decode_video", lambda path, **kw: decodes.append(path) or real_decode(path, **kw))
+    cache = load_params(overrides=["cache.min_motion=0"]).cache   # these grey levels stand still within a window
+    report = prepare(src, src / "ann.json", tmp_path / "data", cache, workers=1, progress=False)
+    assert len(decodes) == 2 and len(report.kept) == 4
+    written = json.loads((tmp_path / "data" / "prepare_report.json").read_text())
+    assert written["windows_per_clip"] == {"long.mp4": 3, "short.mp4": 1}
+    assert "prepared 2 clips as 4 windows" in written["summary"]
+    dataset = MultiModalDataset(tmp_path / "data" / "cache")
+    items = {row["id"]: dataset[i] for i, row in enumerate(dataset.rows)}
+    longs = sorted((k for k in items if items[k]["raw_caption"] == "steps of grey"), key=lambda k: (len(k), k))
+    assert [k.rsplit("_w", 1)[-1] if "_w" in k else "0" for k in longs] == ["0", "1", "2"]
+    for w, key in enumerate(longs):
+        grey = float(items[key]["video_base"].mean()) * 255
+        spectrum = np.abs(np.fft.rfft(items[key]["audio"][0].numpy()))
+        assert abs(grey - 40 * (w + 1)) < 6, (key, grey)
+        assert abs(int(spectrum.argmax()) / 2.0 - 300 * (w + 1)) < 5, key   # 2 s window: bins of 0.5 Hz
+        assert not items[key]["padded"]
+    short = next(v for v in items.values() if v["raw_caption"] == "one grey")
+    assert short["padded"]
+    capped = prepare(src, src / "ann.json", tmp_path / "data", cache.__class__(**{**cache.__dict__,
+                                                                                  "max_windows_per_clip": 2}),
+                     workers=1, progress=False)
+    assert len(capped.kept) == 3 and capped.cache_computed == 0 and capped.cache_reused == 3
+
+
+def test_quality_filters_are_params_with_a_reason_in_the_report(tmp_path):
+    """A black clip is too dark and a grey still picture is static, each skipped with its measured
+    value and the param that decided; a moving clip stays; a zero threshold turns a filter off."""
+    src = tmp_path / "clips"
+    src.mkdir()
+    lavfi_clip(src / "black.mp4", video="color=c=black")
+    lavfi_clip(src / "still.mp4", video="color=c=gray")
+    lavfi_clip(src / "moving.mp4")
+    (src / "ann.json").write_text(json.dumps([{"video_path": f"{n}.mp4", "summary": n} for n in ("black", "still", "moving")]))
+    cache = CacheParams()
+    report = prepare(src, src / "ann.json", tmp_path / "data", cache, workers=1, progress=False)
+    reasons = {s["source"]: s["reason"] for s in report.skipped}
+    assert [k["source"] for k in report.kept] == ["moving.mp4"]
+    assert re.fullmatch(r"too dark \(mean brightness \d+\.\d < cache\.min_brightness 10\.0\)", reasons["black.mp4"])
+    assert re.fullmatch(r"static \(mean frame difference 0\.\d\d < cache\.min_motion 0\.2\)", reasons["still.mp4"])
+    written = json.loads((tmp_path / "data" / "prepare_report.json").read_text())
+    assert {s["source"] for s in written["skipped"]} == {"black.mp4", "still.mp4"}
+    off = prepare(src, src / "ann.json", tmp_path / "data", CacheParams(min_brightness=0.0, min_motion=0.0),
+                  workers=1, progress=False)
+    assert sorted(k["source"] for k in off.kept) == ["black.mp4", "moving.mp4", "still.mp4"]

@@ -40,7 +40,7 @@ def test_pipeline_cli_runs_end_to_end_and_the_second_run_reuses_per_clip_work(tm
     assert (tmp_path / "checkpoints" / "denoiser" / "latest").exists()
     log = first.stdout + first.stderr
     assert (tmp_path / "outputs" / "report.html").exists()
-    for task in ("synth", "probe", "extract-audio", "cache-item", "train-vae", "encode-latents", "train-denoiser",
+    for task in ("synth", "probe", "extract-audio", "cache-clip", "train-vae", "encode-latents", "train-denoiser",
                  "generate", "evaluate", "build-report"):
         assert re.search(rf"Task run '{task}-\w+' - Finished in state Completed", log), task
 
