@@ -49,6 +49,26 @@ def run_demo(args: argparse.Namespace, params) -> int:
     return 0
 
 
+COMPLETION = """# tinyveo's bash completion: eval "$(tinyveo completion)" (e.g. in ~/.bashrc)
+_tinyveo() {
+  local cur=${COMP_WORDS[COMP_CWORD]}
+  if [ "$COMP_CWORD" -eq 1 ]; then
+    COMPREPLY=($(compgen -W "%s --help --version" -- "$cur"))
+  elif [[ "$cur" == -* ]]; then
+    COMPREPLY=($(compgen -W "$(tinyveo "${COMP_WORDS[1]}" --help 2>/dev/null | grep -o -- '--[a-z][a-z-]*' | sort -u)" -- "$cur"))
+  else
+    COMPREPLY=($(compgen -f -- "$cur"))
+  fi
+}
+complete -o filenames -F _tinyveo tinyveo
+"""
+
+
+def run_completion(args: argparse.Namespace, params) -> int:
+    print(COMPLETION % " ".join(COMMANDS), end="")
+    return 0
+
+
 def run_pipeline(args: argparse.Namespace, params) -> int:
     from flows.pipeline import pipeline
 
@@ -65,6 +85,8 @@ COMMANDS: dict[str, Command] = {
                         pipeline_arguments, "flows.cli:run_pipeline"),
     "demo": Command("a local demo page (Gradio): prompt, image, steps, guidance, seed -> clip with sound",
                     demo_arguments, "flows.cli:run_demo"),
+    "completion": Command("print bash completion for tinyveo: eval \"$(tinyveo completion)\"",
+                          lambda parser: None, "flows.cli:run_completion"),
     "serve": Command("serve the tinyveo-pipeline, -data, -train and -evaluate deployments (prefect deployment run)",
                      serve_arguments, "flows.deploy:run"),
 }

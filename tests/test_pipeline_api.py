@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,6 +95,17 @@ def test_python_m_tinyveo_and_version(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tinyveo", "generate", "--checkpoint", str(tmp_path / "nope"),
                           "--prompt", "x", "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert bad.returncode == 2 and str(tmp_path / "nope") in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_bash_completion_completes_commands_and_their_options(tmp_path):
+    script = tmp_path / "complete.sh"
+    script.write_text('eval "$(python -m tinyveo completion)"\n'
+                      'tinyveo() { python -m tinyveo "$@"; }\n'
+                      'COMP_WORDS=(tinyveo rep); COMP_CWORD=1; _tinyveo; echo "${COMPREPLY[*]}"\n'
+                      'COMP_WORDS=(tinyveo export --me); COMP_CWORD=2; _tinyveo; echo "${COMPREPLY[*]}"\n')
+    env = {**__import__("os").environ, "PATH": f"{Path(sys.executable).parent}:{__import__('os').environ['PATH']}"}
+    out = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.splitlines() == ["report", "--metrics"], out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("bad", ["empty", "garbage"])
