@@ -19,6 +19,7 @@ from tasks.params import load_params
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 PROMPT = "A red circle bounces with a high tone"
+STEPS = 40   # per stage: long enough on the tiny model for the progress bar to be seen
 
 
 def browser(playwright):
@@ -45,10 +46,13 @@ def test_demo_page_in_chromium_returns_the_pipelines_clip_for_the_seed(trained_c
             page = b.new_page(viewport={"width": 1300, "height": 1000})
             page.goto(f"http://127.0.0.1:{port}/")
             page.locator("#prompt textarea").fill(PROMPT)
-            for field, value in (("#steps input[type=number]", "3"), ("#seed input", "7")):
+            for field, value in (("#steps input[type=number]", str(STEPS)), ("#seed input", "7")):
                 page.locator(field).fill(value)
                 page.locator(field).press("Enter")
             page.locator("#generate").click()
+            # the progress bar while it samples: base + upsampler steps
+            page.wait_for_function(f"() => /\\d+\\/{2 * STEPS} steps/.test(document.querySelector('#clip').innerText)",
+                                   timeout=60_000, polling=50)
             page.wait_for_selector("#clip video[src]", timeout=120_000)
             page.wait_for_selector("#files a[download$='.wav']", timeout=60_000)
             ARTIFACTS.mkdir(exist_ok=True)
@@ -60,9 +64,9 @@ def test_demo_page_in_chromium_returns_the_pipelines_clip_for_the_seed(trained_c
     finally:
         stop_process_group(server)
     pipe = TinyVeoPipeline.from_pretrained(trained_checkpoint)
-    direct = generate_files(pipe, PROMPT, None, 3, pipe.config.sample_defaults["guidance"], 7, tmp_path / "direct")
+    direct = generate_files(pipe, PROMPT, None, STEPS, pipe.config.sample_defaults["guidance"], 7, tmp_path / "direct")
     assert served == Path(direct["wav"]).read_bytes()
-    other = generate_files(pipe, PROMPT, None, 3, pipe.config.sample_defaults["guidance"], 8, tmp_path / "other")
+    other = generate_files(pipe, PROMPT, None, STEPS, pipe.config.sample_defaults["guidance"], 8, tmp_path / "other")
     assert Path(other["wav"]).read_bytes() != served   # the seed typed on the page is the one used
 
 
