@@ -3,7 +3,7 @@ function in tasks/, wrapped here as a Prefect task (names, retries, mapping, cac
 
     pipeline = data_flow -> train_flow -> evaluate_flow
     data_flow:     synth (or your clips) -> tasks.prepare.prepare, its per-clip work mapped as tasks:
-                   probe, extract-audio, cache-clip (one task run per clip, for all its windows)
+                   probe, curate, extract-audio, cache-clip (one task run per clip, for all its windows)
     train_flow:    train-vae -> encode-latents -> train-denoiser
     evaluate_flow: generate (demo prompts) -> evaluate (held-out prompts) -> report (outputs/report.html)
 
@@ -23,6 +23,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from tasks.curate import curate_clip
 from tasks.encode_latents import encode_latents
 from tasks.evaluate import evaluate
 from tasks.extract_audio import extract_clip_audio
@@ -41,6 +42,7 @@ from .caching import CodeAndInputs
 
 PER_CLIP = {
     "probe": task(probe_clip, name="probe", retries=2, retry_delay_seconds=[1, 4], cache_policy=CodeAndInputs(files=("path",)), persist_result=True),
+    "curate": task(curate_clip, name="curate", retries=1, retry_delay_seconds=[2], cache_policy=NO_CACHE),
     "audio": task(extract_clip_audio, name="extract-audio", retries=2, retry_delay_seconds=[1, 4],
                   cache_policy=CodeAndInputs(files=("video",)), persist_result=True),
     # The tensor cache's manifest already skips unchanged items; the tensors are too big to persist twice.

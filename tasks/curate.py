@@ -141,3 +141,19 @@ class Curator:
             return Verdict(text, source, "not checked (curate.safety: pass)")
         record, reason = self.safety(frame)
         return Verdict(text, source, record, reason)
+
+
+_CURATORS: dict[str, Curator] = {}
+
+
+def curator_for(curate: Any) -> Curator:
+    """One Curator (its models loaded once) per process and `curate` params."""
+    key = repr(sorted(vars(curate).items()))
+    if key not in _CURATORS:
+        _CURATORS[key] = Curator(curate)
+    return _CURATORS[key]
+
+
+def curate_clip(path: str, caption: str, has_audio: bool, duration: float, curate: Any) -> Verdict:
+    """The curation of one clip: what `prepare` maps per clip (a process pool, or Prefect tasks)."""
+    return curator_for(curate)(path, caption, has_audio, duration)

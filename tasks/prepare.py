@@ -20,7 +20,7 @@ from .cache import CacheItem, CacheSettings, write_cache
 from .extract_audio import extract_clip_audio
 from .ingest import ingest
 from .media import file_sha256, write_text_atomic
-from .curate import Curator
+from .curate import curate_clip, curator_for
 from .params import CacheParams, CurateParams
 from .probe import ProbeInfo, probe_clip
 from .reorganize import PairInput, reorganize
@@ -72,7 +72,8 @@ def prepare(source: str | Path, annotations: str | Path, out: str | Path, cache:
             curate: CurateParams | None = None) -> PrepareReport:
     """Every step of the data pipeline; `map_fn(fn, jobs, desc) -> results` runs the per-clip work
     (default: a process pool of `workers`; the Prefect data flow passes mapped tasks)."""
-    curator = Curator(curate or CurateParams())   # a bad curate setting fails before any work
+    curate = curate or CurateParams()
+    curator_for(curate)   # a bad curate setting fails before any work
     workers = cache.workers if workers is None else workers
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +88,11 @@ def prepare(source: str | Path, annotations: str | Path, out: str | Path, cache:
                             out / ".probe_cache.json", mapper)
         accepted = select_clips(ingested.records, probes, cache.skip_no_audio, report, cache.skip_truncated,
                                 quality_filters(cache))
-        accepted = curated(accepted, curator, report, progress)
+        jobs = curate_jobs(accepted, curate)
+        # the defaults read nothing: per-clip tasks only when a model looks at frames
+        verdicts = [curate_clip(*job) for job in jobs] if curator_for(curate).trivial else \
+            mapper(curate_clip, jobs, "curate")
+        accepted = curated(accepted, verdicts, report)
         jobs = audio_jobs(accepted, out, cache.sample_rate)
         extracted = extracted_clips(accepted, jobs, mapper(extract_clip_audio, jobs, "audio"), report)
         pairs = reorganize(pair_inputs(extracted), out)
@@ -140,14 +145,15 @@ def select_clips(records: list, probes: list, skip_no_audio: bool, report: Prepa
     return accepted
 
 
-def curated(accepted: list[tuple], curator: Curator, report: PrepareReport, progress: bool = False) -> list[tuple]:
-    """Captions for clips without one and the safety check: (record with its caption, probe, verdict)
-    per clip kept; an unsafe clip goes into the report with its label and score."""
-    from tqdm import tqdm
+def curate_jobs(accepted: list[tuple], curate: CurateParams) -> list[tuple]:
+    return [(str(rec.video_path), rec.caption, info.has_audio, info.duration, curate) for rec, info in accepted]
 
+
+def curated(accepted: list[tuple], verdicts: list, report: PrepareReport) -> list[tuple]:
+    """(record with its caption, probe, verdict) per clip the curate step kept; an unsafe clip goes
+    into the report with its label and score."""
     kept = []
-    for rec, info in tqdm(accepted, desc="curate", unit="clip", disable=not progress or curator.trivial):
-        verdict = curator(rec.video_path, rec.caption, info.has_audio, info.duration)
+    for (rec, info), verdict in zip(accepted, verdicts):
         if verdict.unsafe_reason:
             report.skipped.append({"source": rec.rel_path, "record": rec.index, "reason": verdict.unsafe_reason})
         else:

@@ -26,8 +26,8 @@ def clips(tmp_path_factory):
     return src
 
 
-def run(clips, out, **curate):
-    report = prepare(clips, clips / "ann.json", out, CacheParams(), workers=1, progress=False,
+def run(clips, out, workers=1, **curate):
+    report = prepare(clips, clips / "ann.json", out, CacheParams(), workers=workers, progress=False,
                      curate=CurateParams(**curate))
     manifest = pd.read_parquet(out / "cache" / "manifest.parquet").set_index("source")
     return report, manifest
@@ -47,8 +47,8 @@ def test_clips_without_a_summary_are_captioned_from_their_file_name_and_it_is_re
 
 def test_clip_zero_shot_captioner_from_a_local_folder(clips, tiny_clip_dir, tmp_path):
     labels = ["cats", "cars", "rain"]
-    _, manifest = run(clips, tmp_path / "data", captioner="clip", captioner_path=str(tiny_clip_dir),
-                      caption_labels=labels)
+    _, manifest = run(clips, tmp_path / "data", workers=2, captioner="clip", captioner_path=str(tiny_clip_dir),
+                      caption_labels=tuple(labels))   # mapped per clip over 2 worker processes
     for source in ("red_ball-bounce.mp4", "IMG_0042.mp4"):
         assert manifest.loc[source, "caption"] in {f"a video of {label}" for label in labels}
         assert manifest.loc[source, "caption_source"] == f"clip-zero-shot:{tiny_clip_dir.name}"
