@@ -78,11 +78,11 @@ def report_screenshot(outputs: str, out: Path) -> None:
     page_path = build_report(outputs)
     with sync_playwright() as p:
         b = browser(p)
-        page = b.new_page(viewport={"width": 1200, "height": 900})
+        page = b.new_page(viewport={"width": 1200, "height": 1700})
         page.goto(page_path.as_uri())
         page.wait_for_function("() => [...document.querySelectorAll('video')].every(v => v.readyState >= 2)",
                                timeout=60_000)
-        page.screenshot(path=str(out / "report.png"), full_page=True)
+        page.screenshot(path=str(out / "report.png"))   # the top of the page: scores, training, first plots
         b.close()
 
 

@@ -77,8 +77,9 @@ def training_section(outputs: Path) -> str:
     summaries = {k: v for k, v in summaries.items() if v}
     if not summaries:
         return "<h2>Training</h2>" + _missing("training summary", "dvc repro train_denoiser")
-    columns = list(dict.fromkeys(k for s in summaries.values() for k in s))
-    return "<h2>Training</h2>" + _table(summaries, columns, "stage")
+    names = list(dict.fromkeys(k for s in summaries.values() for k in s))
+    rows = {name: {stage: summary.get(name) for stage, summary in summaries.items()} for name in names}
+    return "<h2>Training</h2>" + _table(rows, list(summaries), "stage")
 
 
 def _img(page_dir: Path, path: Path, caption: str) -> str:
