@@ -21,6 +21,8 @@ import yaml
 from conftest import TRAIN_OVERRIDES, chromium, free_port, stop_process_group, wait_for_health
 from tasks.params import apply_override
 
+pytestmark = pytest.mark.slow   # real engines and servers: minutes (`pytest -m 'not slow'` skips them)
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = TRAIN_OVERRIDES + ["train.mlflow=true", "data.synth_num_clips=24", "data.synth_seed=1", "sample.steps=2",
                           "eval.num_prompts=4", "eval.num_i2v=1", "eval.num_saved_samples=1", "eval.num_vae_clips=4",

@@ -11,7 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import TRAIN_OVERRIDES, free_port, stop_process_group, wait_for_health
+
+pytestmark = pytest.mark.slow   # real engines and servers: minutes (`pytest -m 'not slow'` skips them)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = TRAIN_OVERRIDES + ["data.synth_num_clips=24", "data.synth_seed=1", "sample.steps=2", "eval.num_prompts=4",

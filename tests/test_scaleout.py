@@ -11,7 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import TRAIN_OVERRIDES, free_port, stop_process_group, synth_clips, wait_for_health
+
+pytestmark = pytest.mark.slow   # real engines and servers: minutes (`pytest -m 'not slow'` skips them)
 
 ROOT = Path(__file__).resolve().parent.parent
 DASK_CLIPS = 200
