@@ -3,6 +3,11 @@ ffmpeg decoding + scaling the same 2 s windows (both sizes and the 16 kHz mono a
 by side in one run, plus the speed-up of `prepare` from 1 to 2 workers. Not a test.
 
     scripts/env.sh python bench/cache_throughput.py [--clips 40]
+    scripts/env.sh python bench/cache_throughput.py --long 10 --clips 12   # ffmpeg-made 10 s clips: 5 windows each
+
+With --long S the clips are S seconds of ffmpeg's testsrc2 (320x240, 25 fps, H.264) with a sweeping
+tone (AAC): every whole window is an item, and bare ffmpeg decodes and scales all of them in one
+pass per size.
 """
 from __future__ import annotations
 
@@ -28,6 +33,25 @@ def bare_ffmpeg(clips: list[Path], window_s: float) -> float:
     return time.perf_counter() - start
 
 
+def long_clips(folder: Path, count: int, seconds: float) -> Path:
+    """`count` distinct ffmpeg-made clips of `seconds`, and their annotations file."""
+    import json
+
+    import imageio_ffmpeg
+
+    folder.mkdir(parents=True)
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    for i in range(count):
+        subprocess.run([exe, "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc2=size=320x240:rate=25:duration={seconds}",
+                        "-f", "lavfi", "-i", f"aevalsrc=0.5*sin({200 + 40 * i}*2*PI*t*(1+t/8)):s=44100:d={seconds}",
+                        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-vf", f"hue=h={i * 25}",
+                        str(folder / f"clip{i:03d}.mp4")], check=True)
+    ann = folder / "annotations.json"
+    ann.write_text(json.dumps([{"video_path": f"clip{i:03d}.mp4", "summary": f"test pattern {i}"}
+                               for i in range(count)]))
+    return ann
+
+
 def main() -> None:
     import json
     from dataclasses import replace
@@ -38,21 +62,28 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=40)
+    parser.add_argument("--long", type=float, default=None, metavar="S", help="ffmpeg-made clips of S seconds")
     args = parser.parse_args()
     params = load_params()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        ann = synth(root / "raw", replace(params.data, synth_num_clips=args.clips, synth_seed=0), workers=2,
-                    progress=False)
+        if args.long:
+            ann = long_clips(root / "raw", args.clips, args.long)
+        else:
+            ann = synth(root / "raw", replace(params.data, synth_num_clips=args.clips, synth_seed=0), workers=2,
+                        progress=False)
         clips = [root / "raw" / r["video_path"] for r in json.loads(ann.read_text())]
-        t_ffmpeg = bare_ffmpeg(clips, params.cache.window_s)
+        windows = max(1, min(int(args.long // params.cache.window_s), params.cache.max_windows_per_clip)) \
+            if args.long else 1
+        t_ffmpeg = bare_ffmpeg(clips, windows * params.cache.window_s)
         timings = {}
         for workers in (1, 2):
             start = time.perf_counter()
             prepare(root / "raw", ann, root / f"out{workers}", params.cache, workers=workers, progress=False)
             timings[workers] = time.perf_counter() - start
     n = len(clips)
-    print(f"machine: {platform.machine()}, {__import__('os').cpu_count()} cpus; clips: {n} synthetic 128x128 2.5 s")
+    kind = f"ffmpeg-made 320x240 {args.long:g} s, {windows} windows each" if args.long else "synthetic 128x128 2.5 s"
+    print(f"machine: {platform.machine()}, {__import__('os').cpu_count()} cpus; clips: {n} {kind}")
     print(f"{'what':<34}{'seconds':>9}{'clips/s':>9}")
     print(f"{'bare ffmpeg decode+scale (1 proc)':<34}{t_ffmpeg:>9.2f}{n / t_ffmpeg:>9.1f}")
     for w, t in timings.items():
