@@ -86,7 +86,8 @@ def data_flow(source: str | None = None, annotations: str | None = None, data_di
         source = str(data / "raw")
     elif annotations is None:
         raise ValueError("annotations is required with source")
-    report = prepare(source, annotations, data, params.cache, progress=False, map_fn=map_per_clip, curate=params.curate)
+    report = prepare(source, annotations, data, params.cache, progress=False, map_fn=map_per_clip,
+                     curate=params.curate)
     get_run_logger().info(report.summary())
     return str(data)
 

@@ -145,7 +145,7 @@ def _timesteps(n: int, high: int, generator: Draws, device: torch.device,
     draws = BatchDraws.of(generator)
     if logit_mean is None:
         return draws.randint(high, n).to(device)
-    u = torch.sigmoid(draws.randn64(n) * logit_std + logit_mean)
+    u = torch.sigmoid(draws.randn((n,), torch.float64) * logit_std + logit_mean)
     return (u * high).long().clamp_(0, high - 1).to(device)
 
 
@@ -158,9 +158,9 @@ def training_timesteps(scheduler, n: int, generator: Draws, device: torch.device
         return _timesteps(n, high, generator, device, logit_mean, logit_std)
     draws = BatchDraws.of(generator)
     if logit_mean is None:
-        u = 1 - draws.rand64(n)  # (0, 1]: s = 0 is the clean latent
+        u = 1 - draws.rand(n, torch.float64)  # (0, 1]: s = 0 is the clean latent
     else:
-        u = torch.sigmoid(draws.randn64(n) * logit_std + logit_mean)
+        u = torch.sigmoid(draws.randn((n,), torch.float64) * logit_std + logit_mean)
     shift = float(scheduler.config.shift)
     return (shift * u / (1 + (shift - 1) * u) * high).float().to(device)
 
@@ -288,7 +288,8 @@ def sample_latents(
     low_res_noise_level: int = 100,
     on_step: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Reverse diffusion for one stage. `on_step` is called after every step (progress bars). Returns (video latent, audio latent or None for the upsampler).
+    """Reverse diffusion for one stage. Returns (video latent, audio latent or None for the upsampler).
+    `on_step` is called after every step (progress bars).
 
     For the upsampler, `inputs.low_res_video` is the clean base latent: it is noised here to the
     fixed `low_res_noise_level`, matching training's noise-conditioning augmentation.

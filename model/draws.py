@@ -46,14 +46,8 @@ class BatchDraws:
         """N(0, 1) of `shape`, whose first dimension is this process's batch (CPU tensor)."""
         return self._mine(lambda s: torch.randn(s, generator=self.generator, dtype=dtype), tuple(shape))
 
-    def rand(self, n: int) -> torch.Tensor:
-        return self._mine(lambda s: torch.rand(s, generator=self.generator), (n,))
+    def rand(self, n: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return self._mine(lambda s: torch.rand(s, generator=self.generator, dtype=dtype), (n,))
 
     def randint(self, high: int, n: int) -> torch.Tensor:
         return self._mine(lambda s: torch.randint(0, high, s, generator=self.generator), (n,))
-
-    def randn64(self, n: int) -> torch.Tensor:
-        return self._mine(lambda s: torch.randn(s, generator=self.generator, dtype=torch.float64), (n,))
-
-    def rand64(self, n: int) -> torch.Tensor:
-        return self._mine(lambda s: torch.rand(s, generator=self.generator, dtype=torch.float64), (n,))

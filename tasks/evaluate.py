@@ -213,7 +213,8 @@ def evaluate(checkpoint: str | Path | None, out: str | Path, params: Params, *, 
              prompts: str | Path | None = None, reference: bool = False, device: str | None = None,
              progress: bool = True, track: bool | None = None, allow_outside: bool = False) -> dict[str, Any]:
     """Generate (or, with `reference`, take the real clips), score, write OUT/metrics.json (numbers),
-    details.json (all), scores.tsv, accuracy.png, samples_grid.png, samples/, and log to MLflow. One group per split in `eval.splits` (with `data`) or one for `prompts`."""
+    details.json (all), scores.tsv, accuracy.png, samples_grid.png, samples/, and log to MLflow.
+    One group per split in `eval.splits` (with `data`) or one for `prompts`."""
     if (data is None) == (prompts is None):
         raise UserError("give exactly one of --data DATA_DIR or --prompts FILE")
     if reference and data is None:

@@ -3,8 +3,9 @@
 Steps, each its own task module: ingest -> probe/filter (quality thresholds in `cache`) -> curate
 (captions for clips without one, safety: tasks/curate.py) -> audio extraction -> pair
 reorganization -> tensor caching (every whole cache.window_s window of a clip, up to
-cache.max_windows_per_clip, from one decode of the clip) -> report. One bad clip never stops the run: it is skipped and
-listed with its reason in DATA_DIR/prepare_report.json. Per-clip work runs in a process pool.
+cache.max_windows_per_clip, from one decode of the clip) -> report. One bad clip never stops the
+run: it is skipped and listed with its reason in DATA_DIR/prepare_report.json. Per-clip work runs
+in a process pool.
 
     tinyveo prepare --source data/raw --annotations data/raw/annotations.json --out data
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -73,7 +75,7 @@ def prepare(source: str | Path, annotations: str | Path, out: str | Path, cache:
     """Every step of the data pipeline; `map_fn(fn, jobs, desc) -> results` runs the per-clip work
     (default: a process pool of `workers`; the Prefect data flow passes mapped tasks)."""
     curate = curate or CurateParams()
-    curator_for(curate)   # a bad curate setting fails before any work
+    curator = curator_for(curate)   # a bad curate setting fails before any work
     workers = cache.workers if workers is None else workers
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,7 +92,7 @@ def prepare(source: str | Path, annotations: str | Path, out: str | Path, cache:
                                 quality_filters(cache))
         jobs = curate_jobs(accepted, curate)
         # the defaults read nothing: per-clip tasks only when a model looks at frames
-        verdicts = [curate_clip(*job) for job in jobs] if curator_for(curate).trivial else \
+        verdicts = [curate_clip(*job) for job in jobs] if curator.trivial else \
             mapper(curate_clip, jobs, "curate")
         accepted = curated(accepted, verdicts, report)
         jobs = audio_jobs(accepted, out, cache.sample_rate)
@@ -224,9 +226,7 @@ def write_report(items: list, result, out: str | Path, report: PrepareReport) ->
                             "caption_source": item.caption_source, "safety": item.safety, "modality": item.modality,
                             "has_audio": item.has_audio, "duration": item.duration, "fps": item.fps,
                             "padded": result.padded[item.id], "split": item.split, "content_hash": item.content_hash})
-    windows = {}
-    for k in report.kept:
-        windows[k["source"]] = windows.get(k["source"], 0) + 1
+    windows = Counter(k["source"] for k in report.kept)
     write_text_atomic(Path(out) / "prepare_report.json",
                       json.dumps({"summary": report.summary(), "windows_per_clip": windows, "kept": report.kept,
                                   "skipped": report.skipped}, indent=1) + "\n")

@@ -18,8 +18,8 @@ from .cache import MultiModalDataset
 from .checkpoint import VAE_DIR, save_vaes
 from .metrics import psnr
 from .params import Params
-from .training import (StageSettings, TrainState, even_shares, finish_stage, fingerprint, run_loop, stage_session, start_or_resume,
-                       training_precision, training_rows, wrap_ddp)
+from .training import (StageSettings, TrainState, even_shares, finish_stage, fingerprint, run_loop, stage_session,
+                       start_or_resume, training_precision, training_rows, wrap_ddp)
 
 
 def vae_settings(params: Params) -> StageSettings:

@@ -173,7 +173,7 @@ class TrainState:
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
 
-    def load(self, folder: Path, dist: Dist, state: dict[str, Any] | None = None) -> None:
+    def load(self, folder: Path, state: dict[str, Any] | None = None) -> None:
         state = state if state is not None else load_state(folder)
         for k, m in self.modules.items():
             load_module(unwrap(m), folder, k)
@@ -188,7 +188,6 @@ class TrainState:
         self.skipped = int(state.get("skipped", 0))
 
     def save(self, stage_dir: Path, dist: Dist) -> None:
-        rngs = [self.generator.get_state()]
         if dist.main:
             weights = {k: unwrap(m).state_dict() for k, m in self.modules.items()}
             weights.update({f"{k}_ema": e.state_dict() for k, e in self.emas.items()})
@@ -199,7 +198,7 @@ class TrainState:
                                          "not saved")
             save_checkpoint(stage_dir, self.step, weights, {
                 "step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": rngs, "epoch": self.cursor.epoch, "pos": self.cursor.pos, "losses": json.dumps(self.losses),
+                "rng": [self.generator.get_state()], "epoch": self.cursor.epoch, "pos": self.cursor.pos, "losses": json.dumps(self.losses),
                 "skipped": self.skipped, "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
             })
         if dist.world > 1:
@@ -278,7 +277,7 @@ def start_or_resume(state: TrainState, stage_dir: Path, resume: bool, dist: Dist
         listed = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
         raise UserError(f"{folder}: cannot resume, the run changed since this checkpoint: {listed}. "
                         "Run without --resume for a fresh run (the old one is moved aside), or pass --resume-anyway")
-    state.load(folder, dist, saved_state)
+    state.load(folder, saved_state)
 
 
 def even_shares(dist: Dist, **sub_batches: int) -> None:
@@ -305,7 +304,7 @@ def global_losses(parts: dict[str, torch.Tensor], dist: Dist) -> dict[str, float
     return dict(zip(parts, values.tolist()))
 
 
-def run_loop(name: str, state: TrainState, loss_fn: Callable[[list[int], torch.Generator], dict[str, torch.Tensor]],
+def run_loop(name: str, state: TrainState, loss_fn: Callable[[list[int], BatchDraws], dict[str, torch.Tensor]],
              s: StageSettings, stage_dir: Path, dist: Dist, tracker, *, stop_after: int | None = None,
              amp: tuple[str, torch.dtype | None] = ("cpu", None), progress: bool = True) -> StageResult:
     """The training loop of every stage; `amp` is (device type, autocast dtype or None for fp32)."""

@@ -199,15 +199,11 @@ def as_image_tensor(image) -> torch.Tensor | None:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-def numbers(tree: dict, prefix: str = "") -> dict[str, float]:
+def numbers(tree: dict) -> dict[str, float]:
     """The numeric leaves of a nested dict, as dotted keys."""
-    out: dict[str, float] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(numbers(value, f"{prefix}{key}."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[f"{prefix}{key}"] = value
-    return out
+    from tasks.params import flatten
+
+    return {k: v for k, v in flatten(tree).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def model_card(pipe: TinyVeoPipeline) -> str:
