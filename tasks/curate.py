@@ -118,6 +118,8 @@ class Curator:
             raise UserError(f"curate.captioner must be filename or clip, got {c.captioner!r}")
         if c.safety not in ("pass", "classifier"):
             raise UserError(f"curate.safety must be pass or classifier, got {c.safety!r}")
+        if c.near_duplicates not in ("auto", "drop", "report", "off"):
+            raise UserError(f"curate.near_duplicates must be auto, drop, report or off, got {c.near_duplicates!r}")
         self.captioner = ClipZeroShotCaptioner(c.captioner_path, tuple(c.caption_labels)) \
             if c.captioner == "clip" else None
         self.safety = ClassifierSafetyFilter(c.safety_path, tuple(c.unsafe_labels), c.safety_threshold) \

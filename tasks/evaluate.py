@@ -37,7 +37,7 @@ from model import ConditioningEncoder, resize_image
 from .cache import MultiModalDataset
 from .checkpoint import DENOISER_DIR, load_pipeline, write_json
 from .media import write_text_atomic
-from .metrics import clip_score, lpips_distance, psnr, ssim
+from .metrics import clip_score, color_statistics, lpips_distance, psnr, ssim
 from .params import Params, flatten
 from .plots import ACCURACY_COLUMNS, accuracy_png, samples_grid_png
 from .runtime import UserError
@@ -140,6 +140,14 @@ def clip_metrics(run: EvalSet) -> dict[str, Any]:
             "frames_per_clip": min(e.clip_frames or 10**9, run.videos[0].shape[1])}
 
 
+def color_metrics(run: EvalSet) -> dict[str, Any]:
+    """Generated clips' colour against the split's real clips (the check that holds for any footage)."""
+    if run.pipe is None or run.cache is None or not run.videos:
+        return not_computed("needs --data (real clips of the split) and a checkpoint")
+    real = run.cache["video_upsampled"][:len(run.videos)].float() / 255
+    return {**color_statistics(torch.stack(run.videos), real), "count": len(run.videos)}
+
+
 def i2v_items(run: EvalSet) -> tuple[list[PromptSpec], list[torch.Tensor]]:
     """Held-out i2v items (their first frame from the cache) and prompts-file lines with an image."""
     limit = run.params.eval.num_i2v
@@ -205,7 +213,8 @@ def vae_metrics(run: EvalSet) -> dict[str, Any]:
 
 
 METRICS: list[tuple[str, Callable[[EvalSet], dict[str, Any]]]] = [
-    ("scene", scene_metrics), ("clip_score", clip_metrics), ("i2v", i2v_metrics), ("vae_reconstruction", vae_metrics),
+    ("scene", scene_metrics), ("clip_score", clip_metrics), ("color", color_metrics), ("i2v", i2v_metrics),
+    ("vae_reconstruction", vae_metrics),
 ]
 
 
@@ -274,6 +283,8 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
                     row[f"{kind}_all_correct"] = values["all_correct"]
         if "torchmetrics" in group.get("clip_score", {}):
             row["clip_score"] = group["clip_score"]["torchmetrics"]
+        if "histogram_l1" in group.get("color", {}):
+            row["color_histogram_l1"] = group["color"]["histogram_l1"]
         i2v = group.get("i2v", {})
         if "lpips" in i2v:
             row["i2v_lpips"] = i2v["lpips"]
@@ -352,6 +363,11 @@ def print_report(metrics: dict[str, Any]) -> None:
                 cells = [scene.get(key), base.get("majority", {}).get(key), base.get("shuffled", {}).get(key)]
                 print(f"  {key:<12}" + "".join(f"{'-' if v is None else f'{v:.3f}':>{w}}" for v, w in zip(cells, (8, 10, 10))))
             print(f"  sync: {json.dumps(scene['sync'])}")
+        color = group.get("color", {})
+        if "histogram_l1" in color:
+            rgb = " / ".join(f"{g:.3f} vs {r:.3f}" for g, r in zip(color["generated_mean_rgb"], color["real_mean_rgb"]))
+            print(f"  colour: histogram L1 {color['histogram_l1']:.3f} (0 same, 2 disjoint); mean R / G / B, "
+                  f"generated vs real: {rgb}")
         for key in ("clip_score", "i2v"):
             print(f"  {key}: {json.dumps(group.get(key))}")
     print(f"vae_reconstruction: {json.dumps(metrics.get('vae_reconstruction'))}")

@@ -1,11 +1,31 @@
-"""Audio extraction (moviepy): a 16 kHz mono WAV from any clip, every channel layout downmixed
-(5.1 included). A clip with no audio stream gets a silent track of its duration."""
+"""Audio extraction: a 16 kHz mono WAV from any clip, every channel layout downmixed (5.1 included).
+A clip with no audio stream gets a silent track of its duration.
+
+Decoded in-process with PyAV, converted exactly as moviepy's reader has ffmpeg do it (16-bit
+stereo at 44.1 kHz: ffmpeg's standard downmix), then averaged to mono and resampled. The same
+samples as the moviepy reader the article uses, without its two ffmpeg processes per clip."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
+
+
+READ_RATE = 44100   # what moviepy's AudioFileClip reads at (its default fps)
+
+
+def decode_stereo(path: str | Path) -> np.ndarray:
+    """(N, 2) float32 in [-1, 1): the first audio stream as 16-bit stereo at READ_RATE."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        converter = av.AudioResampler(format="s16", layout="stereo", rate=READ_RATE)
+        chunks = [out.to_ndarray() for frame in container.decode(stream) for out in converter.resample(frame)]
+        chunks += [out.to_ndarray() for out in converter.resample(None)]
+    packed = np.concatenate(chunks, axis=1) if chunks else np.zeros((1, 0), np.int16)
+    return packed.reshape(-1, 2).astype(np.float32) / 32768
 
 
 def extract_audio(video_path: str | Path, wav_path: str | Path, sample_rate: int = 16000, has_audio: bool = True,
@@ -16,17 +36,7 @@ def extract_audio(video_path: str | Path, wav_path: str | Path, sample_rate: int
     from .media import atomic_path, resample
 
     if has_audio:
-        from moviepy import AudioFileClip
-
-        # Read at the native rate: moviepy 2.2's reader returns near-silence when asked to resample.
-        clip = AudioFileClip(str(video_path))
-        try:
-            native = int(clip.fps)
-            samples = np.asarray(clip.to_soundarray(), dtype=np.float32)
-        finally:
-            clip.close()
-        mono = samples.mean(axis=1) if samples.ndim == 2 else samples
-        mono = resample(mono, native, sample_rate)
+        mono = resample(decode_stereo(video_path).mean(axis=1), READ_RATE, sample_rate)
     else:
         mono = np.zeros(int(round(duration * sample_rate)), dtype=np.float32)
     with atomic_path(wav_path) as tmp:

@@ -30,6 +30,7 @@ class Record:
     image_path: Path | None = None
     attributes: dict[str, str] | None = None
     split: str | None = None
+    segments: tuple[tuple[float, float, str], ...] = ()   # (start s, end s, caption): window-level captions
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,26 @@ def resolve_inside(source: Path, written: str) -> Path:
     return resolved
 
 
+def read_segments(value: Any) -> tuple[tuple[float, float, str], ...]:
+    """`segments`: [{"start": s, "end": s, "summary": text}, ...] -> sorted (start, end, text), or
+    ValueError naming the bad entry."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ValueError("segments: expected a list of {start, end, summary}")
+    out = []
+    for k, seg in enumerate(value):
+        if not isinstance(seg, dict):
+            raise ValueError(f"segments[{k}]: not an object")
+        start, end, text = seg.get("start"), seg.get("end"), seg.get("summary")
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (start, end)) or not 0 <= start < end:
+            raise ValueError(f"segments[{k}]: needs numbers 0 <= start < end (seconds), got {start!r}, {end!r}")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"segments[{k}]: no summary")
+        out.append((float(start), float(end), text.strip()))
+    return tuple(sorted(out))
+
+
 def ingest(source: str | Path, annotations: str | Path) -> IngestResult:
     """Read annotations and resolve every record; bad records are skipped with a reason."""
     source = Path(source)
@@ -135,11 +156,17 @@ def ingest(source: str | Path, annotations: str | Path) -> IngestResult:
             except ValueError as exc:
                 result.skipped.append(Skipped(str(rec["image_path"]), f"image: {exc}", i))
                 continue
+        try:
+            segments = read_segments(rec.get("segments"))
+        except ValueError as exc:
+            result.skipped.append(Skipped(written, str(exc), i))
+            continue
         caption = rec.get("summary")
         caption = caption.strip() if isinstance(caption, str) else ""
         if not caption:
             result.empty_captions += 1
         attrs = rec.get("attributes") if isinstance(rec.get("attributes"), dict) else None
         split = rec.get("split") if isinstance(rec.get("split"), str) else None
-        result.records.append(Record(i, written.strip().replace("\\", "/"), video, caption, image, attrs, split))
+        result.records.append(Record(i, written.strip().replace("\\", "/"), video, caption, image, attrs, split,
+                                     segments))
     return result

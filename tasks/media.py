@@ -17,13 +17,33 @@ class MediaError(Exception):
     """A media file cannot be used; the message says why."""
 
 
+class OutOfOrder(MediaError):
+    """Frames came out of presentation order: stream-selecting them is unsafe (decode all, then sort)."""
+
+
 THUMB = 32   # side of the thumbnails probing keeps for the quality filters
+PRINT_GRID = 8      # a frame's print: mean luma of PRINT_GRID x PRINT_GRID cells (near-duplicate detection)
+PRINT_MAX_S = 60.0  # prints cover a clip's first minute: more than the windows cached of it
+
+
+def luma_print(frame) -> np.ndarray:
+    """(PRINT_GRID * PRINT_GRID,) uint8: the mean luma of each cell, read from the decoded Y plane
+    (no colour conversion: a tenth of the cost of an RGB thumbnail)."""
+    if not frame.format.name.startswith(("yuv", "yuvj", "nv", "gray")):
+        frame = frame.reformat(format="yuv420p")
+    plane, g = frame.planes[0], PRINT_GRID
+    h, w = frame.height - frame.height % g, frame.width - frame.width % g
+    y = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:h, :w]
+    sums = y.reshape(g, h // g, g, w // g).sum((1, 3), dtype=np.uint32)
+    return (sums // ((h // g) * (w // g))).astype(np.uint8).reshape(-1)
 
 
 def _decode(path: str | Path, max_seconds: float | None, to_rgb: bool, thumbs_every_s: float | None = None,
-            thumbs: list | None = None) -> tuple[list, list[float], tuple[int, int]]:
+            thumbs: list | None = None, prints_every_s: float | None = None, prints: list | None = None,
+            prints_max_s: float = 0.0) -> tuple[list, list[float], tuple[int, int]]:
     """Frames (RGB when `to_rgb`), their times and the frame size; with `thumbs_every_s`, a THUMB x
-    THUMB RGB thumbnail about every that many seconds goes into `thumbs`."""
+    THUMB RGB thumbnail about every that many seconds goes into `thumbs`; with `prints_every_s`,
+    `prints[k]` is the luma print of the frame on screen at k * prints_every_s, up to `prints_max_s`."""
     import av
 
     frames, times = [], []
@@ -47,6 +67,10 @@ def _decode(path: str | Path, max_seconds: float | None, to_rgb: bool, thumbs_ev
                 if thumbs_every_s is not None and t >= next_thumb:
                     thumbs.append(frame.reformat(width=THUMB, height=THUMB, format="rgb24").to_ndarray())
                     next_thumb = t + thumbs_every_s
+                if prints_every_s is not None and len(prints) * prints_every_s <= min(t, prints_max_s):
+                    shown = luma_print(frame)
+                    while len(prints) * prints_every_s <= min(t, prints_max_s):   # a frame held over a gap fills it
+                        prints.append(shown)
                 times.append(t)
     except av.error.FFmpegError as exc:
         if not times:
@@ -68,20 +92,78 @@ def decode_video(path: str | Path, max_seconds: float | None = None) -> tuple[np
     return np.stack(frames)[order], np.asarray(times, dtype=np.float64)[order]
 
 
-def decode_check(path: str | Path, thumbs_every_s: float = 0.25) -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
+def decode_check(path: str | Path, thumbs_every_s: float = 0.25, prints_every_s: float = 0.1,
+                 prints_max_s: float = PRINT_MAX_S) -> tuple[np.ndarray, tuple[int, int], np.ndarray, np.ndarray]:
     """Decode every frame without converting it (the decode check of probing): sorted times, (W, H),
-    and small RGB thumbnails (N, THUMB, THUMB, 3) about every `thumbs_every_s` for the quality filters."""
+    small RGB thumbnails (N, THUMB, THUMB, 3) about every `thumbs_every_s` for the quality filters,
+    and luma prints (K, PRINT_GRID**2) on a `prints_every_s` grid for near-duplicate detection."""
     thumbs: list = []
-    _, times, size = _decode(path, None, to_rgb=False, thumbs_every_s=thumbs_every_s, thumbs=thumbs)
-    return np.sort(np.asarray(times, dtype=np.float64)), size, np.stack(thumbs)
+    prints: list = []
+    _, times, size = _decode(path, None, to_rgb=False, thumbs_every_s=thumbs_every_s, thumbs=thumbs,
+                             prints_every_s=prints_every_s, prints=prints, prints_max_s=prints_max_s)
+    return np.sort(np.asarray(times, dtype=np.float64)), size, np.stack(thumbs), np.stack(prints)
+
+
+def decode_at(path: str | Path, wanted: np.ndarray, sizes: tuple[int, ...]) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """The frame on screen at each of the increasing instants `wanted` (seconds; the last frame whose
+    time <= instant, the first frame before it starts), centre-cropped and resized to every size:
+    {size: (N, size, size, 3) uint8}, and per instant whether it is past the end (then black).
+
+    Streams: a frame is converted to RGB only if some instant shows it, and decoding stops after the
+    last instant, so memory is the output's whatever the clip's length or resolution."""
+    import av
+
+    out = {s: np.zeros((len(wanted), s, s, 3), np.uint8) for s in sizes}
+    times: list[float] = []
+    shown, j = None, 0      # (frame, its resized pictures); next instant to fill
+
+    def fill(frame, upto: float) -> None:
+        nonlocal shown, j
+        while j < len(wanted) and wanted[j] + 1e-6 < upto:
+            if shown is None or shown[0] is not frame:
+                rgb = frame.to_ndarray(format="rgb24")
+                shown = (frame, {s: _square(rgb, s) for s in sizes})
+            for s in sizes:
+                out[s][j] = shown[1][s]
+            j += 1
+
+    previous = None
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise MediaError("no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            base, start = stream.time_base, stream.start_time or 0
+            for frame in container.decode(stream):
+                t = float((frame.pts - start) * base) if frame.pts is not None else len(times) / float(stream.average_rate or 24)
+                if times and t < times[-1]:
+                    raise OutOfOrder(f"{path}: frames out of presentation order")
+                fill(previous if previous is not None else frame, t)   # instants before t show the previous frame
+                times.append(t)
+                previous = frame
+                if j == len(wanted):
+                    break
+    except av.error.FFmpegError as exc:
+        if not times:
+            raise MediaError(f"not a decodable video ({exc.__class__.__name__}: {exc})") from exc
+    if not times:
+        raise MediaError("no decodable video frames")
+    past = np.zeros(len(wanted), bool)
+    if j < len(wanted):     # the clip ended first: the last frame until one period after it, then black
+        period = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / 24
+        fill(previous, times[-1] + period + 1e-6)
+        past[j:] = True
+    return out, past
 
 
 def brightness_and_motion(thumbs: np.ndarray) -> tuple[float, float]:
-    """Mean luma (0-255, Rec. 601) of the thumbnails, and the mean absolute luma change between
-    consecutive ones (0 for a still picture)."""
+    """The luma (0-255, Rec. 601) of the brightest 1% of the thumbnails' pixels, and the mean
+    absolute luma change between consecutive thumbnails (0 for a still picture). The brightest
+    percent, not the mean: night footage and lines on black are dark on average, yet show something."""
     luma = thumbs.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     motion = float(np.abs(np.diff(luma, axis=0)).mean()) if len(luma) > 1 else 0.0
-    return float(luma.mean()), motion
+    return float(np.percentile(luma, 99)), motion
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
@@ -107,17 +189,21 @@ def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
 def resize_square(frames: np.ndarray, size: int) -> np.ndarray:
     """(T, H, W, 3) uint8 -> (T, size, size, 3) uint8: centre crop to square, then a box filter
     when shrinking (exact area average for integer factors) or bilinear when enlarging."""
+    out = np.empty((len(frames), size, size, 3), np.uint8)
+    for i, frame in enumerate(frames):
+        out[i] = _square(frame, size)
+    return out
+
+
+def _square(frame: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
-    _, h, w, _ = frames.shape
+    h, w, _ = frame.shape
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     method = Image.Resampling.BOX if side >= size else Image.Resampling.BILINEAR
-    out = np.empty((len(frames), size, size, 3), np.uint8)
-    for i, frame in enumerate(frames):
-        crop = Image.fromarray(np.ascontiguousarray(frame[top:top + side, left:left + side]))
-        out[i] = np.asarray(crop.resize((size, size), method))
-    return out
+    crop = Image.fromarray(np.ascontiguousarray(frame[top:top + side, left:left + side]))
+    return np.asarray(crop.resize((size, size), method))
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

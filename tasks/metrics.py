@@ -23,6 +23,21 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(10 * torch.log10(1.0 / mse))
 
 
+def color_statistics(generated: torch.Tensor, real: torch.Tensor, bins: int = 16) -> dict[str, object]:
+    """Colour of generated clips against real ones, both (B, 3, F, H, W) in [0, 1]: per-channel (RGB)
+    mean and standard deviation, and the L1 distance of their normalised per-channel histograms
+    (0: the same distribution, 2: disjoint), averaged over the channels."""
+    def stats(x: torch.Tensor) -> tuple[list[float], list[float], torch.Tensor]:
+        per_channel = x.float().transpose(0, 1).reshape(3, -1)
+        hist = torch.stack([torch.histc(c, bins, 0.0, 1.0) for c in per_channel])
+        return per_channel.mean(1).tolist(), per_channel.std(1).tolist(), hist / hist.sum(1, keepdim=True)
+
+    g_mean, g_std, g_hist = stats(generated)
+    r_mean, r_std, r_hist = stats(real)
+    return {"generated_mean_rgb": g_mean, "real_mean_rgb": r_mean, "generated_std_rgb": g_std, "real_std_rgb": r_std,
+            "histogram_l1": float((g_hist - r_hist).abs().sum(1).mean()), "bins": bins}
+
+
 def _frames(x: torch.Tensor) -> torch.Tensor:
     """(B, 3, F, H, W) -> (B*F, 3, H, W); images pass through."""
     if x.dim() == 5:

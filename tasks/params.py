@@ -56,7 +56,7 @@ class CacheParams:
     min_duration_s: float = 0.25
     max_clip_mb: float = 4096.0
     max_clip_pixels: int = 7680 * 4320
-    min_brightness: float = 10.0
+    min_brightness: float = 20.0
     min_motion: float = 0.2
     skip_no_audio: bool = False
     skip_truncated: bool = True
@@ -72,6 +72,9 @@ class CurateParams:
     safety_path: str | None = None
     unsafe_labels: tuple[str, ...] = ("nsfw",)
     safety_threshold: float = 0.5
+    near_duplicates: str = "auto"
+    near_duplicate_video: float = 2.0
+    near_duplicate_audio_db: float = 6.0
 
 
 @dataclass(frozen=True)

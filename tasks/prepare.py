@@ -1,9 +1,9 @@
 """`tinyveo prepare`: clips + annotations -> the article's pairs and the tensor cache.
 
 Steps, each its own task module: ingest -> probe/filter (quality thresholds in `cache`) -> curate
-(captions for clips without one, safety: tasks/curate.py) -> audio extraction -> pair
-reorganization -> tensor caching (every whole cache.window_s window of a clip, up to
-cache.max_windows_per_clip, from one decode of the clip) -> report. One bad clip never stops the
+(captions for clips without one, safety: tasks/curate.py) -> audio extraction -> near-duplicates
+(tasks/dedup.py) -> pair reorganization -> tensor caching (every whole cache.window_s window of a
+clip, up to cache.max_windows_per_clip, from one decode of the clip) -> report. One bad clip never stops the
 run: it is skipped and listed with its reason in DATA_DIR/prepare_report.json. Per-clip work runs
 in a process pool.
 
@@ -23,6 +23,7 @@ from .extract_audio import extract_clip_audio
 from .ingest import ingest
 from .media import file_sha256, write_text_atomic
 from .curate import curate_clip, curator_for
+from .dedup import Clip, audio_print, decode_print, near_duplicates
 from .params import CacheParams, CurateParams
 from .probe import ProbeInfo, probe_clip
 from .reorganize import PairInput, reorganize
@@ -36,6 +37,7 @@ class PrepareReport:
     kept: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     empty_captions: int = 0
+    near_duplicates: list[dict[str, Any]] = field(default_factory=list)
     cache_computed: int = 0
     cache_reused: int = 0
 
@@ -45,10 +47,14 @@ class PrepareReport:
         clips = len({k["source"] for k in self.kept})
         return (f"prepared {clips} clips as {len(self.kept)} windows ({self.cache_computed} cached now, "
                 f"{self.cache_reused} reused; {padded} padded, {silent} without audio, {self.empty_captions} "
-                f"empty captions), skipped {len(self.skipped)}")
+                f"empty captions), skipped {len(self.skipped)}{self.near_duplicate_summary()}")
+
+    def near_duplicate_summary(self) -> str:
+        dropped = sum(d["action"] == "dropped" for d in self.near_duplicates)
+        return f"; near-duplicates: {len(self.near_duplicates)} found, {dropped} dropped" if self.near_duplicates else ""
 
 
-PROBE_VERSION = 3   # bumped when ProbeInfo gains a field: older cached probes are redone
+PROBE_VERSION = 5   # bumped when ProbeInfo gains a field: older cached probes are redone
 
 
 def _probe_all(paths: list[str], cache: CacheParams, cache_file: Path, mapper: MapFn) -> list[ProbeInfo]:
@@ -97,6 +103,7 @@ def prepare(source: str | Path, annotations: str | Path, out: str | Path, cache:
         accepted = curated(accepted, verdicts, report)
         jobs = audio_jobs(accepted, out, cache.sample_rate)
         extracted = extracted_clips(accepted, jobs, mapper(extract_clip_audio, jobs, "audio"), report)
+        extracted = without_near_duplicates(extracted, curate, report)
         pairs = reorganize(pair_inputs(extracted), out)
         items = cache_items(extracted, pairs, cache)
         result = write_cache(items, out / "cache", CacheSettings.from_params(cache), workers, progress, pool,
@@ -111,7 +118,8 @@ def quality_filters(cache: CacheParams) -> list[Callable[[ProbeInfo], str | None
     """The quality filters, as thresholds in the `cache` params: each gives the reason a clip fails, or None."""
     def too_dark(info: ProbeInfo) -> str | None:
         if 0 <= info.brightness < cache.min_brightness:
-            return f"too dark (mean brightness {info.brightness:.1f} < cache.min_brightness {cache.min_brightness})"
+            return (f"too dark (brightest 1% of the picture at luma {info.brightness:.1f} < cache.min_brightness "
+                    f"{cache.min_brightness})")
         return None
 
     def static(info: ProbeInfo) -> str | None:
@@ -183,6 +191,35 @@ def extracted_clips(accepted: list[tuple], jobs: list[tuple], errors: list[str |
     return extracted
 
 
+def rendered_by_synth(record) -> bool:
+    """A record `tinyveo synth` wrote: its attributes name a built-in world."""
+    return bool(record.attributes and record.attributes.get("world"))
+
+
+def without_near_duplicates(extracted: list[tuple], curate: CurateParams, report: PrepareReport) -> list[tuple]:
+    """Drop near-duplicate clips (tasks/dedup.py), each named in the report with the clip kept. Under
+    `auto`, pairs of clips rendered by `tinyveo synth` are listed but kept: they are separate draws
+    whose captions and attributes say how they differ, even where a pixel apart."""
+    mode = curate.near_duplicates
+    if mode == "off" or len(extracted) < 2:
+        return extracted
+    clips = [Clip(rec.rel_path, decode_print(info.video_print), info.duration, info.width * info.height,
+                  (lambda wav=wav: audio_print(wav)) if info.has_audio else None) for rec, info, wav, _ in extracted]
+    synthetic = {rec.rel_path for rec, *_ in extracted if rendered_by_synth(rec)}
+    dropped = {}
+    for dup in near_duplicates(clips, curate.near_duplicate_video, curate.near_duplicate_audio_db):
+        if mode == "report":
+            action = "kept (curate.near_duplicates: report)"
+        elif mode == "auto" and {dup.source, dup.of} <= synthetic:
+            action = "kept (both rendered by tinyveo synth)"
+        else:
+            action, dropped[dup.source] = "dropped", dup.reason()
+        report.near_duplicates.append({**vars(dup), "action": action})
+    report.skipped += [{"source": rec.rel_path, "record": rec.index, "reason": dropped[rec.rel_path]}
+                       for rec, *_ in extracted if rec.rel_path in dropped]
+    return [e for e in extracted if e[0].rel_path not in dropped]
+
+
 def pair_inputs(extracted: list[tuple]) -> list[PairInput]:
     return [PairInput(str(r.index), r.video_path, w, r.caption, r.image_path) for r, _, w, _ in extracted]
 
@@ -194,22 +231,33 @@ def window_count(duration: float, cache: CacheParams) -> int:
     return max(1, min(whole, cache.max_windows_per_clip))
 
 
+def window_caption(record, window: int, cache: CacheParams) -> str | None:
+    """The caption of the annotation segment covering most of the window (at least half of it), if any."""
+    start = cache.window_start_s + window * cache.window_s
+    overlap = [(min(end, start + cache.window_s) - max(begin, start), text) for begin, end, text in record.segments]
+    best = max(overlap, default=(0.0, None))
+    return best[1] if best[0] >= cache.window_s / 2 else None
+
+
 def cache_items(extracted: list[tuple], pairs: list, cache: CacheParams) -> list:
     """One CacheItem per window of each reorganized pair, carrying content hashes, split and
-    attributes. Every window keeps its clip's caption and split (no clip straddles two splits); the
-    first-frame image of an i2v clip belongs to its first window, so later windows are t2v."""
+    attributes. A window takes the caption of the annotation segment covering most of it, else its
+    clip's; every window keeps its clip's split (no clip straddles two splits). The first-frame
+    image of an i2v clip belongs to its first window, so later windows are t2v."""
     items = []
     for (rec, info, _, verdict), pair in zip(extracted, pairs):
         for w in range(window_count(info.duration, cache)):
             image = pair.image if w == 0 else None
+            segment = window_caption(rec, w, cache)
             items.append(CacheItem(
                 id=f"{pair.modality}_{pair.video.stem.split('_')[-1]}" + (f"_w{w}" if w else ""),
-                modality=pair.modality if image or not pair.image else "t2v", caption=rec.caption,
+                modality=pair.modality if image or not pair.image else "t2v", caption=segment or rec.caption,
                 source=rec.rel_path, content_hash=info.content_hash, has_audio=info.has_audio,
                 duration=round(info.duration, 4), fps=round(info.fps, 4), video=str(pair.video), wav=str(pair.wav),
                 image=str(image) if image else None, image_hash=file_sha256(image) if image else None,
                 split=rec.split, attributes=json.dumps(rec.attributes, sort_keys=True) if rec.attributes else None,
-                window=w, caption_source=verdict.caption_source, safety=verdict.safety,
+                window=w, caption_source="annotation segment" if segment else verdict.caption_source,
+                safety=verdict.safety,
             ))
     return items
 
@@ -229,5 +277,6 @@ def write_report(items: list, result, out: str | Path, report: PrepareReport) ->
     windows = Counter(k["source"] for k in report.kept)
     write_text_atomic(Path(out) / "prepare_report.json",
                       json.dumps({"summary": report.summary(), "windows_per_clip": windows, "kept": report.kept,
-                                  "skipped": report.skipped}, indent=1) + "\n")
+                                  "skipped": report.skipped, "near_duplicates": report.near_duplicates},
+                                 indent=1) + "\n")
     return report

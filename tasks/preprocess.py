@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .media import decode_video, read_wav, resample, resize_square
+from .media import OutOfOrder, decode_at, decode_video, read_wav, resample, resize_square
 
 
 def frame_times(num_frames: int, window_s: float, start_s: float = 0.0) -> np.ndarray:
@@ -109,15 +109,23 @@ def clip_tensors(items: list, settings) -> list[tuple[dict[str, np.ndarray], boo
     tensors and whether the window was padded, per item (items share `video` and `wav`)."""
     s = settings
     starts = [s.window_start_s + it.window * s.window_s for it in items]
-    frames, times = decode_video(items[0].video, max_seconds=max(starts) + s.window_s + 1.0)
+    sizes = (s.base_size, s.upsampled_size)
+    wanted = np.concatenate([frame_times(s.num_frames, s.window_s, start) for start in starts])
+    try:
+        sized, past = decode_at(items[0].video, wanted, sizes)
+    except OutOfOrder:   # rare streams: decode the span, sort by time, then select
+        frames, times = decode_video(items[0].video, max_seconds=max(starts) + s.window_s + 1.0)
+        chosen, _ = select_frames(frames, times, wanted)
+        sized = {size: resize_square(chosen, size) for size in sizes}
+        past = wanted >= float(times[-1]) + (float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / 24)
     samples, rate = read_wav(items[0].wav)
     samples = resample(samples, rate, s.sample_rate)
     out = []
-    for item, start in zip(items, starts):
-        chosen, padded_v = select_frames(frames, times, frame_times(s.num_frames, s.window_s, start))
+    for k, (item, start) in enumerate(zip(items, starts)):
+        window = slice(k * s.num_frames, (k + 1) * s.num_frames)
         audio, padded_a = window_audio(samples, s.sample_rate, s.window_s, start)
-        sized = {size: resize_square(chosen, size) for size in (s.base_size, s.upsampled_size)}
-        out.append((window_tensors(sized, audio, item, s), padded_v or padded_a))
+        chosen = {size: frames[window] for size, frames in sized.items()}
+        out.append((window_tensors(chosen, audio, item, s), bool(past[window].any()) or padded_a))
     return out
 
 

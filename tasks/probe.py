@@ -23,8 +23,9 @@ class ProbeInfo:
     audio_channels: int = 0
     content_hash: str = ""
     declared_duration: float = 0.0   # what the container says; far more than `duration` decodes: truncated
-    brightness: float = -1.0         # mean luma 0-255 of frames sampled every 0.25 s (-1: not measured)
+    brightness: float = -1.0         # luma 0-255 of the brightest 1% of frames sampled every 0.25 s (-1: not measured)
     motion: float = -1.0             # mean absolute luma change between those frames (0: a still picture)
+    video_print: str = ""            # luma prints every 0.1 s (tasks/dedup.py), base64 of uint8 (K, 64)
 
     @property
     def truncated(self) -> bool:
@@ -44,6 +45,7 @@ def probe_clip(path: str | Path, min_duration: float = 0.25, max_bytes: float | 
     too-short files; the size caps are checked before any frame is decoded."""
     import av
 
+    from .dedup import encode_print
     from .media import MediaError, brightness_and_motion, decode_check, file_sha256
 
     path = Path(path)
@@ -71,10 +73,11 @@ def probe_clip(path: str | Path, min_duration: float = 0.25, max_bytes: float | 
     except av.error.FFmpegError as exc:
         return ProbeInfo(str(path), False, f"not a readable media file ({exc.__class__.__name__})", content_hash=digest)
     try:
-        times, (width, height), thumbs = decode_check(path)
+        times, (width, height), thumbs, prints = decode_check(path)
     except MediaError as exc:
         return ProbeInfo(str(path), False, str(exc), content_hash=digest)
     brightness, motion = brightness_and_motion(thumbs)
+    video_print = encode_print(prints)
     n = len(times)
     step = float((times[-1] - times[0]) / (n - 1)) if n > 1 else 0.0  # mean frame period (VFR-safe)
     fps = 1.0 / step if step > 0 else 0.0
@@ -83,7 +86,7 @@ def probe_clip(path: str | Path, min_duration: float = 0.25, max_bytes: float | 
         return ProbeInfo(str(path), False, f"too short ({duration:.2f} s < {min_duration} s)", duration, fps,
                          width, height, n, has_audio, channels, digest, declared, brightness, motion)
     return ProbeInfo(str(path), True, None, duration, fps, width, height, n, has_audio, channels, digest, declared,
-                     brightness, motion)
+                     brightness, motion, video_print)
 
 
 def declared_seconds(container) -> float:

@@ -44,21 +44,32 @@ def process_pool(workers: int):
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 
+POOL_WORTH_S = 4.0   # work left (s, as measured inline) above which worker processes pay for their start
+PROBE_JOBS = 3       # jobs run inline before deciding (the first one pays this process's imports)
+
+
 def map_clips(fn, jobs: list[tuple], workers: int, desc: str, progress: bool = True, pool=None) -> list:
-    """fn(*job) for every job, in order, with a progress bar: in `pool` when given (one pool serves
-    every step of a run, so workers start once), else in a fresh pool of `workers`, else inline."""
+    """fn(*job) for every job, in order, with a progress bar. The first jobs run inline; when the
+    rest would take more than POOL_WORTH_S at the last one's pace, it goes to `pool` (one pool serves
+    every step of a run) or a fresh pool of `workers`: a worker's start (spawn, imports) costs ~1 s,
+    more than a small folder's whole step (bench/RESULTS.md)."""
+    import time
+
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc=desc, unit="clip", disable=not progress or not jobs)
+    parallel = pool is not None or workers > 1
+    out: list = []
     try:
-        if len(jobs) > 1 and (pool is not None or workers > 1):
-            if pool is None:
-                with process_pool(workers) as own:
-                    return _collect(own, fn, jobs, bar)
-            return _collect(pool, fn, jobs, bar)
-        out = []
-        for job in jobs:
+        for i, job in enumerate(jobs):
+            if parallel and i >= PROBE_JOBS and last * (len(jobs) - i) > POOL_WORTH_S:
+                if pool is None:
+                    with process_pool(workers) as own:
+                        return out + _collect(own, fn, jobs[i:], bar)
+                return out + _collect(pool, fn, jobs[i:], bar)
+            start = time.perf_counter()
             out.append(fn(*job))
+            last = time.perf_counter() - start
             bar.update()
         return out
     finally:

@@ -161,11 +161,12 @@ def messy(tmp_path_factory, synth_dir):
     (src / "bad" / "empty.mp4").write_bytes(b"")
     (src / "bad" / "notes.mp4").write_text("this is not a video\n")
     shutil.copy(good, src / "bad" / "duplicate.mp4")
+    # different pictures: copies of one would be near-duplicates (tests/test_dedup.py)
     lavfi_clip(src / "surround.mp4", channels=6)
-    lavfi_clip(src / "silent.mp4", audio=None)
-    lavfi_clip(src / "short.mp4", duration=1.2)
-    lavfi_clip(src / "vfr.mp4", extra=("-vf", "select='lt(n\\,10)+not(mod(n\\,3))'", "-fps_mode", "vfr"))
-    lavfi_clip(src / "clip.avi", extra=("-c:v", "mpeg4"))
+    lavfi_clip(src / "silent.mp4", audio=None, video="testsrc2", extra=("-vf", "hflip,negate"))
+    lavfi_clip(src / "short.mp4", duration=1.2, video="testsrc")
+    lavfi_clip(src / "vfr.mp4", extra=("-vf", "vflip,select='lt(n\\,10)+not(mod(n\\,3))'", "-fps_mode", "vfr"))
+    lavfi_clip(src / "clip.avi", extra=("-c:v", "mpeg4", "-vf", "negate"))
     whole = lavfi_clip(src / "long.mp4", duration=8, extra=("-movflags", "+faststart"))  # index first: a cut file decodes
     (src / "bad" / "cut.mp4").write_bytes(whole.read_bytes()[: whole.stat().st_size // 6])
     whole.unlink()
@@ -219,7 +220,7 @@ def test_oversized_clips_are_refused_before_any_frame_is_decoded(tmp_path, monke
     cache = load_params().cache
     decoded: list[str] = []
     real = media.decode_check
-    monkeypatch.setattr(media, "decode_check", lambda path: decoded.append(str(path)) or real(path))
+    monkeypatch.setattr(media, "decode_check", lambda path, **kw: decoded.append(str(path)) or real(path, **kw))
     for limit, reason in ((dict(max_clip_pixels=128 * 128 - 1), r"frames of 128x128 are over the limit of 16383 "
                                                                  r"pixels \(cache.max_clip_pixels\)"),
                           (dict(max_clip_mb=1e-3), r"file of \d+ bytes is over the limit of 1048 \(cache.max_clip_mb\)")):
@@ -365,14 +366,15 @@ def test_prepare_cli_bad_annotations_is_one_line_naming_the_file(tmp_path):
     assert len(lines) == 1 and str(bad) in lines[0] and "malformed JSON" in lines[0]
 
 
-def _stepped_clip(path: Path, duration: float, fps: int = 24, rate: int = 44100) -> Path:
-    """A clip whose brightness and tone change every 2 s: window k is grey level 40 (k + 1) with a
-    sine at 300 (k + 1) Hz."""
+def _stepped_clip(path: Path, duration: float, fps: int = 24, rate: int = 44100, first: int = 1) -> Path:
+    """A clip whose brightness and tone change every 2 s: window k is grey level 40 (k + first) with a
+    sine at 300 (k + first) Hz."""
     from moviepy import AudioArrayClip, VideoClip
 
     t = np.arange(int(rate * duration)) / rate
-    tone = 0.5 * np.sin(2 * np.pi * 300 * (t // 2 + 1) * t).astype(np.float32)
-    clip = VideoClip(frame_function=lambda s: np.full((48, 48, 3), 40 * (int(s // 2) + 1), np.uint8), duration=duration)
+    tone = 0.5 * np.sin(2 * np.pi * 300 * (t // 2 + first) * t).astype(np.float32)
+    clip = VideoClip(frame_function=lambda s: np.full((48, 48, 3), 40 * (int(s // 2) + first), np.uint8),
+                     duration=duration)
     clip = clip.with_fps(fps).with_audio(AudioArrayClip(np.stack([tone, tone], 1), fps=rate))
     clip.write_videofile(str(path), fps=fps, codec="libx264", audio_codec="aac", logger=None,
                          temp_audiofile_path=str(path.parent))
@@ -390,12 +392,12 @@ def test_every_window_of_a_long_clip_is_an_item_decoded_once(tmp_path, monkeypat
     src = tmp_path / "clips"
     src.mkdir()
     _stepped_clip(src / "long.mp4", 7.3)
-    _stepped_clip(src / "short.mp4", 1.5)
+    _stepped_clip(src / "short.mp4", 1.5, first=5)   # not the long one's first 1.5 s: that would be a copy
     (src / "ann.json").write_text(json.dumps([{"video_path": "long.mp4", "summary": "steps of grey"},
                                               {"video_path": "short.mp4", "summary": "one grey"}]))
     decodes = []
-    real_decode = preprocess.decode_video
-    monkeypatch.setattr(preprocess, "decode_video", lambda path, **kw: decodes.append(path) or real_decode(path, **kw))
+    real_decode = preprocess.decode_at
+    monkeypatch.setattr(preprocess, "decode_at", lambda path, *a: decodes.append(path) or real_decode(path, *a))
     cache = load_params(overrides=["cache.min_motion=0"]).cache   # these grey levels stand still within a window
     report = prepare(src, src / "ann.json", tmp_path / "data", cache, workers=1, progress=False)
     assert len(decodes) == 2 and len(report.kept) == 4
@@ -433,10 +435,69 @@ def test_quality_filters_are_params_with_a_reason_in_the_report(tmp_path):
     report = prepare(src, src / "ann.json", tmp_path / "data", cache, workers=1, progress=False)
     reasons = {s["source"]: s["reason"] for s in report.skipped}
     assert [k["source"] for k in report.kept] == ["moving.mp4"]
-    assert re.fullmatch(r"too dark \(mean brightness \d+\.\d < cache\.min_brightness 10\.0\)", reasons["black.mp4"])
+    assert re.fullmatch(r"too dark \(brightest 1% of the picture at luma \d+\.\d < cache\.min_brightness 20\.0\)",
+                        reasons["black.mp4"]), reasons["black.mp4"]
     assert re.fullmatch(r"static \(mean frame difference 0\.\d\d < cache\.min_motion 0\.2\)", reasons["still.mp4"])
     written = json.loads((tmp_path / "data" / "prepare_report.json").read_text())
     assert {s["source"] for s in written["skipped"]} == {"black.mp4", "still.mp4"}
     off = prepare(src, src / "ann.json", tmp_path / "data", CacheParams(min_brightness=0.0, min_motion=0.0),
                   workers=1, progress=False)
     assert sorted(k["source"] for k in off.kept) == ["black.mp4", "moving.mp4", "still.mp4"]
+
+
+def test_annotation_segments_caption_the_windows_they_cover(tmp_path):
+    """A segment covering at least half a window gives it its caption (recorded as such); other
+    windows keep the clip's; a malformed segment skips the record with the entry named."""
+    from tasks.params import load_params
+
+    src = tmp_path / "clips"
+    src.mkdir()
+    _stepped_clip(src / "long.mp4", 6.3)
+    _stepped_clip(src / "other.mp4", 2.2, first=5)
+    segments = [{"start": 0, "end": 2, "summary": "a dark grey screen"}, {"start": 2.5, "end": 4.5, "summary": "lighter"}]
+    (src / "ann.json").write_text(json.dumps([
+        {"video_path": "long.mp4", "summary": "steps of grey", "segments": segments},
+        {"video_path": "other.mp4", "summary": "x", "segments": [{"start": 2, "end": 1, "summary": "backwards"}]}]))
+    cache = load_params(overrides=["cache.min_motion=0"]).cache
+    report = prepare(src, src / "ann.json", tmp_path / "data", cache, workers=1, progress=False)
+    windows = sorted((k["window"], k["caption"], k["caption_source"]) for k in report.kept)
+    assert windows == [(0, "a dark grey screen", "annotation segment"), (1, "lighter", "annotation segment"),
+                       (2, "steps of grey", "annotation")]
+    assert report.skipped == [{"source": "other.mp4", "record": 1,
+                               "reason": "segments[0]: needs numbers 0 <= start < end (seconds), got 2, 1"}]
+
+
+def test_streamed_decode_shows_the_frames_a_full_decode_selects(messy):
+    """decode_at (one streamed pass, converting only the frames shown) gives the tensors of decoding
+    every frame and selecting by time, on a VFR clip and past a clip's end (black, flagged)."""
+    from tasks.media import decode_at
+    from tasks.preprocess import frame_times, resize_square, select_frames
+
+    src, _ = messy
+    for name, starts in (("vfr.mp4", [0.0]), ("surround.mp4", [0.0, 2.0])):   # 2.5 s: the second window runs out
+        wanted = np.concatenate([frame_times(32, 2.0, s) for s in starts])
+        streamed, past = decode_at(src / name, wanted, (32, 64))
+        frames, times = decode_video(src / name)
+        chosen, padded = select_frames(frames, times, wanted)
+        for size in (32, 64):
+            assert np.array_equal(streamed[size], resize_square(chosen, size)), (name, size)
+        assert bool(past.any()) == padded == (len(starts) == 2), name
+
+
+def _sleep_then_pid(seconds: float) -> int:
+    import time
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_workers_start_only_for_a_step_with_enough_work():
+    """A quick step runs in this process; a step whose remaining work outlasts runtime.POOL_WORTH_S
+    goes to worker processes after its first PROBE_JOBS jobs, results in order."""
+    from tasks.runtime import POOL_WORTH_S, PROBE_JOBS, map_clips
+
+    quick = map_clips(_sleep_then_pid, [(0.001,)] * 20, workers=2, desc="quick", progress=False)
+    assert set(quick) == {os.getpid()}
+    jobs = [(0.25,)] * (PROBE_JOBS + int(POOL_WORTH_S / 0.25) + 4)
+    slow = map_clips(_sleep_then_pid, jobs, workers=2, desc="slow", progress=False)
+    assert slow[:PROBE_JOBS] == [os.getpid()] * PROBE_JOBS and os.getpid() not in slow[PROBE_JOBS:]

@@ -310,6 +310,9 @@ def test_evaluate_reports_every_metric(trained_checkpoint, prepared_data, tiny_c
         assert {"recall", "precision", "offset_ms_mean_abs"} <= set(scene["sync"])
         clip = group["clip_score"]
         assert -1.0 <= clip["raw_cosine"] <= 1.0 and clip["torchmetrics"] >= 0 and clip["frames_per_clip"] == 32
+        color = group["color"]
+        assert color["count"] == scene["clips"] and 0 <= color["histogram_l1"] <= 2
+        assert numbers[split]["color_histogram_l1"] == color["histogram_l1"]
     tsv = (tmp_path / "eval" / "scores.tsv").read_text().splitlines()
     assert tsv[0].startswith("split\tkind\tcolor") and len(tsv) == 1 + 2 * 3
     i2v = next(g["i2v"] for g in m["splits"].values() if "status" not in g["i2v"])
@@ -373,3 +376,16 @@ def test_reconstruction_metrics():
     noisy = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
     assert ssim(x, noisy) < 0.95 and 15 < psnr(x, noisy) < 25
     assert psnr(torch.zeros(1, 3, 8, 8), torch.full((1, 3, 8, 8), 0.1)) == pytest.approx(20.0, abs=1e-4)
+
+
+def test_color_statistics_compare_generated_with_real_clips():
+    from tasks.metrics import color_statistics
+
+    x = torch.rand(2, 3, 4, 16, 16)
+    same = color_statistics(x, x)
+    assert same["histogram_l1"] == 0 and same["generated_mean_rgb"] == same["real_mean_rgb"]
+    red = torch.zeros(1, 3, 2, 8, 8)
+    red[:, 0] = 1
+    apart = color_statistics(red, 1 - red)   # every channel's mass in the other end bin
+    assert apart["histogram_l1"] == pytest.approx(2.0) and apart["generated_mean_rgb"] == [1.0, 0.0, 0.0]
+    assert 0 < color_statistics(x, x.clamp(0, 0.5))["histogram_l1"] < 2
