@@ -7,8 +7,8 @@ Each clip has two prints, compared at the time offset where they agree best:
   offset. Distance: mean absolute difference (0-255) over the overlap, which must cover half of the
   shorter clip.
 - audio: log energy (dB) in 24 bands from 60 Hz to 4 kHz every 25 ms of the 16 kHz WAV, compared
-  near the video's offset. Only when both clips have sound: a copy with its sound stripped is
-  still a copy.
+  near the video's offset, each band weighted by the louder clip's power there. Only when both
+  clips have sound: a copy with its sound stripped is still a copy.
 Two clips are near-duplicates when both distances are under `curate.near_duplicate_video` and
 `curate.near_duplicate_audio_db`. A copy is named in the report with the clip kept: the one with
 sound, then the longest, the largest frame, the first listed. Different clips of one scene differ
@@ -76,15 +76,25 @@ def video_distance(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 def audio_distance(a: np.ndarray, b: np.ndarray, offset_s: float, search_s: float = 0.15) -> float:
-    """Mean absolute band-energy difference (dB) of b against a over their overlap, at offsets within
-    `search_s` of `offset_s` (b[t] ~ a[t + offset_s], as video_distance gives it)."""
+    """Absolute band-energy difference (dB) of b against a, each band weighted by the power of the
+    louder clip there (a tone fills one band of 24, and a codec's changes to the quiet bands do not
+    count), averaged over their overlap, at offsets within `search_s` of `offset_s` (b[t] ~
+    a[t + offset_s], as video_distance gives it). Both silent: 0."""
     best = float("inf")
     centre = int(round(offset_s / AUDIO_HOP_S))
     reach = int(round(search_s / AUDIO_HOP_S))
     for k in range(centre - reach, centre + reach + 1):   # a[i + k] against b[i]
         lo, hi = max(0, -k), min(len(b), len(a) - k)
         if hi - lo >= max(1, MIN_OVERLAP * min(len(a), len(b))):
-            best = min(best, float(np.abs(a[lo + k:hi + k] - b[lo:hi]).mean()))
+            x, y = a[lo + k:hi + k], b[lo:hi]
+            loud = np.maximum(x, y)
+            weight = np.where(loud > AUDIO_FLOOR_DB, 10 ** ((loud - loud.max(axis=1, keepdims=True)) / 10), 0.0)
+            total = weight.sum(axis=1)
+            sounding = total > 0
+            if not sounding.any():
+                return 0.0
+            per_frame = (np.abs(x - y) * weight).sum(axis=1)[sounding] / total[sounding]
+            best = min(best, float(per_frame.mean()))
     return best
 
 

@@ -32,27 +32,53 @@ def seed_everything(seed: int) -> None:
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
 
 
-def process_pool(workers: int):
-    """A process pool that is safe after torch has run in the parent.
+class WorkerPool:
+    """A process pool whose workers start on first use, and say whether they have.
 
     Forking a process whose OpenMP/intra-op thread pools are live can deadlock the child, so
-    workers are spawned fresh instead of forked.
-    """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    workers are spawned fresh instead of forked."""
 
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.executor = None
+
+    @property
+    def started(self) -> bool:
+        return self.executor is not None
+
+    def submit(self, fn, *args):
+        if self.executor is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self.executor.submit(fn, *args)
+
+    def shutdown(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown()
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+
+def process_pool(workers: int) -> WorkerPool:
+    return WorkerPool(workers)
 
 
 POOL_WORTH_S = 4.0   # work left (s, as measured inline) above which worker processes pay for their start
+STARTED_WORTH_S = 0.5  # the same once they have started (an earlier step of the run started them)
 PROBE_JOBS = 3       # jobs run inline before deciding (the first one pays this process's imports)
 
 
 def map_clips(fn, jobs: list[tuple], workers: int, desc: str, progress: bool = True, pool=None) -> list:
     """fn(*job) for every job, in order, with a progress bar. The first jobs run inline; when the
-    rest would take more than POOL_WORTH_S at the last one's pace, it goes to `pool` (one pool serves
-    every step of a run) or a fresh pool of `workers`: a worker's start (spawn, imports) costs ~1 s,
-    more than a small folder's whole step (bench/RESULTS.md)."""
+    rest would take more than POOL_WORTH_S at the last one's pace (STARTED_WORTH_S once `pool` has
+    started), it goes to `pool` (one pool serves every step of a run) or a fresh pool of `workers`:
+    starting workers costs about a second, more than a small folder's whole step (bench/RESULTS.md)."""
     import time
 
     from tqdm import tqdm
@@ -62,7 +88,8 @@ def map_clips(fn, jobs: list[tuple], workers: int, desc: str, progress: bool = T
     out: list = []
     try:
         for i, job in enumerate(jobs):
-            if parallel and i >= PROBE_JOBS and last * (len(jobs) - i) > POOL_WORTH_S:
+            worth = STARTED_WORTH_S if pool is not None and pool.started else POOL_WORTH_S
+            if parallel and i >= PROBE_JOBS and last * (len(jobs) - i) > worth:
                 if pool is None:
                     with process_pool(workers) as own:
                         return out + _collect(own, fn, jobs[i:], bar)
