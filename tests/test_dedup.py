@@ -99,3 +99,24 @@ def test_a_bad_mode_is_one_clear_error(folder, tmp_path):
 
     with pytest.raises(UserError, match="curate.near_duplicates must be auto, drop, report or off, got 'maybe'"):
         run(folder, tmp_path / "data", near_duplicates="maybe")
+
+
+def test_a_tone_one_band_away_is_other_sound_and_a_codec_shift_is_not():
+    """The sound distance weighs bands by the louder clip's power: a steady tone moved to the next of
+    the 24 bands is far (an unweighted mean over the bands would call it 5 dB), while a codec's
+    changes to the quiet bands and a 1 dB level change stay near."""
+    import numpy as np
+
+    from tasks.dedup import AUDIO_FLOOR_DB, audio_distance
+
+    def tone(band: int, level: float = 30.0) -> np.ndarray:
+        prints = np.full((80, 24), AUDIO_FLOOR_DB, np.float32)
+        prints[:, band] = level
+        return prints
+
+    assert audio_distance(tone(9), tone(10), 0.0) > 50
+    recoded = tone(9, 29.0)
+    recoded[:, [8, 10]] = 0.0   # spread 29 dB under the tone
+    assert audio_distance(tone(9), recoded, 0.0) < 3
+    silent = np.full((80, 24), AUDIO_FLOOR_DB, np.float32)
+    assert audio_distance(silent, silent, 0.0) == 0.0
