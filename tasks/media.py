@@ -38,46 +38,54 @@ def luma_print(frame) -> np.ndarray:
     return (sums // ((h // g) * (w // g))).astype(np.uint8).reshape(-1)
 
 
-def _decode(path: str | Path, max_seconds: float | None, to_rgb: bool, thumbs_every_s: float | None = None,
-            thumbs: list | None = None, prints_every_s: float | None = None, prints: list | None = None,
-            prints_max_s: float = 0.0) -> tuple[list, list[float], tuple[int, int]]:
-    """Frames (RGB when `to_rgb`), their times and the frame size; with `thumbs_every_s`, a THUMB x
-    THUMB RGB thumbnail about every that many seconds goes into `thumbs`; with `prints_every_s`,
-    `prints[k]` is the luma print of the frame on screen at k * prints_every_s, up to `prints_max_s`."""
+def timed_frames(path: str | Path) -> Iterator:
+    """(frame, presentation time in s) of the first video stream, in decoding order. A file damaged
+    after its first frames ends there (a truncated file decodes up to the damage); one that yields
+    no frame raises MediaError saying why."""
     import av
 
-    frames, times = [], []
-    next_thumb = 0.0
-    size = (0, 0)
+    count = 0
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise MediaError("no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            base = stream.time_base
-            start = stream.start_time or 0
+            base, start = stream.time_base, stream.start_time or 0
             for frame in container.decode(stream):
-                t = float((frame.pts - start) * base) if frame.pts is not None else len(times) / float(stream.average_rate or 24)
-                if max_seconds is not None and t > max_seconds:
-                    break
-                size = (frame.width, frame.height)
-                if to_rgb:
-                    frames.append(frame.to_ndarray(format="rgb24"))
-                if thumbs_every_s is not None and t >= next_thumb:
-                    thumbs.append(frame.reformat(width=THUMB, height=THUMB, format="rgb24").to_ndarray())
-                    next_thumb = t + thumbs_every_s
-                if prints_every_s is not None and len(prints) * prints_every_s <= min(t, prints_max_s):
-                    shown = luma_print(frame)
-                    while len(prints) * prints_every_s <= min(t, prints_max_s):   # a frame held over a gap fills it
-                        prints.append(shown)
-                times.append(t)
+                t = float((frame.pts - start) * base) if frame.pts is not None else count / float(stream.average_rate or 24)
+                count += 1
+                yield frame, t
     except av.error.FFmpegError as exc:
-        if not times:
+        if not count:
             raise MediaError(f"not a decodable video ({exc.__class__.__name__}: {exc})") from exc
-        # A truncated file decodes up to the damage: keep what decoded.
-    if not times:
+    if not count:
         raise MediaError("no decodable video frames")
+
+
+def _decode(path: str | Path, max_seconds: float | None, to_rgb: bool, thumbs_every_s: float | None = None,
+            thumbs: list | None = None, prints_every_s: float | None = None, prints: list | None = None,
+            prints_max_s: float = 0.0) -> tuple[list, list[float], tuple[int, int]]:
+    """Frames (RGB when `to_rgb`), their times and the frame size; with `thumbs_every_s`, a THUMB x
+    THUMB RGB thumbnail about every that many seconds goes into `thumbs`; with `prints_every_s`,
+    `prints[k]` is the luma print of the frame on screen at k * prints_every_s, up to `prints_max_s`."""
+    frames, times = [], []
+    next_thumb = 0.0
+    size = (0, 0)
+    for frame, t in timed_frames(path):
+        if max_seconds is not None and t > max_seconds:
+            break
+        size = (frame.width, frame.height)
+        if to_rgb:
+            frames.append(frame.to_ndarray(format="rgb24"))
+        if thumbs_every_s is not None and t >= next_thumb:
+            thumbs.append(frame.reformat(width=THUMB, height=THUMB, format="rgb24").to_ndarray())
+            next_thumb = t + thumbs_every_s
+        if prints_every_s is not None and len(prints) * prints_every_s <= min(t, prints_max_s):
+            shown = luma_print(frame)
+            while len(prints) * prints_every_s <= min(t, prints_max_s):   # a frame held over a gap fills it
+                prints.append(shown)
+        times.append(t)
     return frames, times, size
 
 
@@ -111,8 +119,6 @@ def decode_at(path: str | Path, wanted: np.ndarray, sizes: tuple[int, ...]) -> t
 
     Streams: a frame is converted to RGB only if some instant shows it, and decoding stops after the
     last instant, so memory is the output's whatever the clip's length or resolution."""
-    import av
-
     out = {s: np.zeros((len(wanted), s, s, 3), np.uint8) for s in sizes}
     times: list[float] = []
     shown, j = None, 0      # (frame, its resized pictures); next instant to fill
@@ -128,27 +134,14 @@ def decode_at(path: str | Path, wanted: np.ndarray, sizes: tuple[int, ...]) -> t
             j += 1
 
     previous = None
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise MediaError("no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            base, start = stream.time_base, stream.start_time or 0
-            for frame in container.decode(stream):
-                t = float((frame.pts - start) * base) if frame.pts is not None else len(times) / float(stream.average_rate or 24)
-                if times and t < times[-1]:
-                    raise OutOfOrder(f"{path}: frames out of presentation order")
-                fill(previous if previous is not None else frame, t)   # instants before t show the previous frame
-                times.append(t)
-                previous = frame
-                if j == len(wanted):
-                    break
-    except av.error.FFmpegError as exc:
-        if not times:
-            raise MediaError(f"not a decodable video ({exc.__class__.__name__}: {exc})") from exc
-    if not times:
-        raise MediaError("no decodable video frames")
+    for frame, t in timed_frames(path):
+        if times and t < times[-1]:
+            raise OutOfOrder(f"{path}: frames out of presentation order")
+        fill(previous if previous is not None else frame, t)   # instants before t show the previous frame
+        times.append(t)
+        previous = frame
+        if j == len(wanted):
+            break
     past = np.zeros(len(wanted), bool)
     if j < len(wanted):     # the clip ended first: the last frame until one period after it, then black
         period = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / 24
