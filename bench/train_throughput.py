@@ -75,7 +75,31 @@ def report_flops(step, seconds: float, amp) -> None:
                   f"the step reaches {achieved / ceiling:6.1%} of it{mark}")
 
 
-def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int = 3) -> None:
+def profile_step(step, steps: int = 5, top: int = 15) -> None:
+    """Where one training step's time goes: torch.profiler over `steps` steps, operators by self CPU
+    time, with the share of the matrix products (what the FLOP count measures) against the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
+    print(f"\n# profile of tinyveo's step ({steps} steps): matrix products {matmul / total:.1%} of self CPU time")
+    print(f"{'operator':<44}{'calls/step':>11}{'ms/step':>9}{'share':>8}")
+    for e in events[:top]:
+        print(f"{e.key[:43]:<44}{e.count / steps:>11.0f}{e.self_cpu_time_total / steps / 1e3:>9.2f}"
+              f"{e.self_cpu_time_total / total:>8.1%}")
+
+
+MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
+              "aten::_scaled_dot_product_flash_attention_for_cpu",
+              "aten::_scaled_dot_product_flash_attention_for_cpu_backward", "aten::convolution",
+              "aten::mkldnn_convolution", "aten::convolution_backward"}
+
+
+def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int = 3, profile: bool = False) -> None:
     """tinyveo vs the article's denoiser at identical dims and batch, alternating rounds."""
     import copy
     import statistics
@@ -182,6 +206,8 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
     for name, params_m, sec in rows:
         print(f"{name:<44}{params_m:>11.2f}{sec:>9.3f}{batch / sec:>11.1f}{sec / m_tv:>10.2f}x")
     report_flops(tinyveo_step, m_tv, amp)
+    if profile:
+        profile_step(tinyveo_step)
 
 
 def main() -> None:
@@ -200,12 +226,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--compare-steps", type=int, default=10, help="steps per round of the reference comparison")
     parser.add_argument("--compare-only", action="store_true", help="skip the stage throughput part")
+    parser.add_argument("--profile", action="store_true", help="also profile tinyveo's step by operator")
     parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="tinyveo's training precision (default: params train.precision); the article's runs in fp32")
     args = parser.parse_args()
     precision = [] if args.precision is None else [f"train.precision={args.precision}"]
     if args.compare_only:
-        compare_with_reference(load_params(overrides=precision), Path(args.data), args.compare_steps)
+        compare_with_reference(load_params(overrides=precision), Path(args.data), args.compare_steps,
+                               profile=args.profile)
         return
     params = load_params(overrides=[f"train.vae_steps={args.steps}", f"train.denoiser_steps={args.steps}",
                                     "train.mlflow=false", f"train.checkpoint_every={10**9}", *precision])
@@ -232,7 +260,7 @@ def main() -> None:
         per_step = s["seconds"] / s["steps"]
         print(f"{stage:<10}{batch:>7}{s['steps']:>7}{per_step:>9.3f}{batch / per_step:>11.1f}{data_s / per_step:>10.1%}")
     print(f"peak RSS: {rss_gb:.2f} GB")
-    compare_with_reference(params, Path(args.data), args.compare_steps)
+    compare_with_reference(params, Path(args.data), args.compare_steps, profile=args.profile)
 
 
 if __name__ == "__main__":
