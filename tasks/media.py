@@ -27,9 +27,11 @@ PRINT_MAX_S = 60.0  # prints cover a clip's first minute: more than the windows 
 
 
 def luma_print(frame) -> np.ndarray:
-    """(PRINT_GRID * PRINT_GRID,) uint8: the mean luma of each cell, read from the decoded Y plane
-    (no colour conversion: a tenth of the cost of an RGB thumbnail)."""
-    if not frame.format.name.startswith(("yuv", "yuvj", "nv", "gray")):
+    """(PRINT_GRID * PRINT_GRID,) uint8: the mean luma of each cell, read from the decoded 8-bit Y
+    plane (no colour conversion: a tenth of the cost of an RGB thumbnail); other formats (RGB,
+    10-bit HDR) are converted to 8-bit YUV first, whose Y has the same range as a video's."""
+    luma_first = frame.format.name.startswith(("yuv", "nv", "gray"))
+    if not luma_first or frame.format.components[0].bits != 8:
         frame = frame.reformat(format="yuv420p")
     plane, g = frame.planes[0], PRINT_GRID
     h, w = frame.height - frame.height % g, frame.width - frame.width % g

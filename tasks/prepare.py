@@ -54,7 +54,7 @@ class PrepareReport:
         return f"; near-duplicates: {len(self.near_duplicates)} found, {dropped} dropped" if self.near_duplicates else ""
 
 
-PROBE_VERSION = 5   # bumped when ProbeInfo gains a field: older cached probes are redone
+PROBE_VERSION = 6   # bumped when ProbeInfo gains or changes a field: older cached probes are redone
 
 
 def _probe_all(paths: list[str], cache: CacheParams, cache_file: Path, mapper: MapFn) -> list[ProbeInfo]:

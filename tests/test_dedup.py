@@ -15,7 +15,8 @@ from test_data import ffmpeg
 COPIES = {"copy_crf35.mp4": ["-c:v", "libx264", "-crf", "35", "-c:a", "aac", "-b:a", "32k"],
           "copy_small.mp4": ["-vf", "scale=48:32", "-c:a", "copy"],
           "copy_trimmed.mp4": ["-ss", "1.3", "-c:v", "libx264", "-c:a", "aac"],
-          "copy_15fps_silent.mp4": ["-r", "15", "-an"]}
+          "copy_15fps_silent.mp4": ["-r", "15", "-an"],
+          "copy_10bit.mp4": ["-c:v", "libx264", "-pix_fmt", "yuv420p10le", "-c:a", "copy"]}
 DISTINCT = ("later_in_the_scene.mp4", "other_sound.mp4")
 
 
