@@ -128,8 +128,8 @@ def candidate_pairs(prints: list[np.ndarray], threshold: float) -> set[tuple[int
         return set()
     owner = np.concatenate([np.full(len(p), i) for i, p in enumerate(prints)])
     rows = np.concatenate(prints)
-    queries = np.concatenate([np.arange(len(p))[::SCREEN_EVERY] + start for p, start in
-                              zip(prints, np.cumsum([0] + [len(p) for p in prints[:-1]]))])
+    step = np.concatenate([np.arange(len(p)) for p in prints])   # each row's place in its clip
+    queries = np.flatnonzero(step % SCREEN_EVERY == 0)
     norms = (rows ** 2).sum(1)
     reach = (4 * threshold) ** 2 * rows.shape[1]   # squared L2 for an RMS difference of 4 x the mean threshold
     pairs: set[tuple[int, int]] = set()

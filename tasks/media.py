@@ -114,6 +114,12 @@ def decode_check(path: str | Path, thumbs_every_s: float = 0.25, prints_every_s:
     return np.sort(np.asarray(times, dtype=np.float64)), size, np.stack(thumbs), np.stack(prints)
 
 
+def shown_until(times) -> float:
+    """When a clip's last frame leaves the screen: one (median) frame period after it shows."""
+    period = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / 24
+    return float(times[-1]) + period
+
+
 def decode_at(path: str | Path, wanted: np.ndarray, sizes: tuple[int, ...]) -> tuple[dict[int, np.ndarray], np.ndarray]:
     """The frame on screen at each of the increasing instants `wanted` (seconds; the last frame whose
     time <= instant, the first frame before it starts), centre-cropped and resized to every size:
@@ -146,8 +152,7 @@ def decode_at(path: str | Path, wanted: np.ndarray, sizes: tuple[int, ...]) -> t
             break
     past = np.zeros(len(wanted), bool)
     if j < len(wanted):     # the clip ended first: the last frame until one period after it, then black
-        period = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / 24
-        fill(previous, times[-1] + period + 1e-6)
+        fill(previous, shown_until(times) + 1e-6)
         past[j:] = True
     return out, past
 

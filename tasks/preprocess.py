@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .media import OutOfOrder, decode_at, decode_video, read_wav, resample, resize_square
+from .media import OutOfOrder, decode_at, decode_video, read_wav, resample, resize_square, shown_until
 
 
 def frame_times(num_frames: int, window_s: float, start_s: float = 0.0) -> np.ndarray:
@@ -21,8 +21,7 @@ def frame_times(num_frames: int, window_s: float, start_s: float = 0.0) -> np.nd
 
 def select_frames(frames: np.ndarray, times: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, bool]:
     """For each wanted instant, the frame on screen then (last pts <= instant); black past the end."""
-    period = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / 24
-    end = float(times[-1]) + period
+    end = shown_until(times)
     idx = np.searchsorted(times, wanted + 1e-6, side="right") - 1
     idx = np.clip(idx, 0, len(times) - 1)
     out = frames[idx].copy()
@@ -117,7 +116,7 @@ def clip_tensors(items: list, settings) -> list[tuple[dict[str, np.ndarray], boo
         frames, times = decode_video(items[0].video, max_seconds=max(starts) + s.window_s + 1.0)
         chosen, _ = select_frames(frames, times, wanted)
         sized = {size: resize_square(chosen, size) for size in sizes}
-        past = wanted >= float(times[-1]) + (float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / 24)
+        past = wanted >= shown_until(times)
     samples, rate = read_wav(items[0].wav)
     samples = resample(samples, rate, s.sample_rate)
     out = []

@@ -198,7 +198,8 @@ class TrainState:
                                          "not saved")
             save_checkpoint(stage_dir, self.step, weights, {
                 "step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": [self.generator.get_state()], "epoch": self.cursor.epoch, "pos": self.cursor.pos, "losses": json.dumps(self.losses),
+                "rng": [self.generator.get_state()], "epoch": self.cursor.epoch, "pos": self.cursor.pos,
+                "losses": json.dumps(self.losses),
                 "skipped": self.skipped, "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
             })
         if dist.world > 1:
