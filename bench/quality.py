@@ -14,6 +14,9 @@ stage as recorded in CKPT, plus the denoiser chunks so far), evaluation time exc
 
     scripts/env.sh python bench/quality.py --compare-curves out/A out/B --out levers.png   # side by side
 
+--eval-data DIR scores the curve on another prepared folder's splits, so runs trained on different
+data (e.g. more clips) are compared on the same prompts.
+
 Without --tinyveo-checkpoint, tinyveo is trained here with params.yaml (both stages) and its wall
 clock (data loading, VAE stage, latent cache, denoiser stage) becomes the reference's budget. With it,
 the budget is the sum of the stage times recorded in that checkpoint's summaries (the latent-cache
@@ -116,8 +119,9 @@ def compare_curves(folders: list[str], out: Path, split: str = "val") -> None:
     plt.close(fig)
 
 
-def quality_curve(data: str, source: Path, out: Path, params, every: int) -> list[dict]:
-    """Train the denoiser stage in chunks from SOURCE's VAE + latents; score eval.splits after each."""
+def quality_curve(data: str, source: Path, out: Path, params, every: int, eval_data: str | None = None) -> list[dict]:
+    """Train the denoiser stage in chunks from SOURCE's VAE + latents; score eval.splits of `eval_data`
+    (default: the training data) after each."""
     import shutil
 
     from tasks.evaluate import evaluate
@@ -136,7 +140,7 @@ def quality_curve(data: str, source: Path, out: Path, params, every: int) -> lis
                                  force_resume=True)  # its own run, in this process: the code is what was imported
         minutes += (time.perf_counter() - t0) / 60
         step = summary["steps"]
-        metrics = evaluate(ckpt, out / f"eval-{step}", params, data=data, progress=False, track=False)
+        metrics = evaluate(ckpt, out / f"eval-{step}", params, data=eval_data or data, progress=False, track=False)
         rows += curve_rows(minutes, step, metrics)
         for r in rows[-len(metrics["splits"]):]:
             print("  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()), flush=True)
@@ -160,6 +164,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override (tinyveo)")
     parser.add_argument("--curve-from", help="checkpoint folder whose vae/ and latents/ the curve's run starts from")
     parser.add_argument("--curve-every", type=int, default=1500, help="denoiser steps between curve points")
+    parser.add_argument("--eval-data", help="score the curve on this data folder's splits (default --data): "
+                        "runs trained on different data then share one set of prompts")
     parser.add_argument("--compare-curves", nargs="+", metavar="DIR", help="plot these curve runs into --out (a .png)")
     args = parser.parse_args()
     if args.compare_curves:
@@ -173,7 +179,7 @@ def main() -> None:
     if args.curve_from:
         print(f"# quality vs training minutes  {platform.processor() or platform.machine()}, "
               f"{torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
-        quality_curve(args.data, Path(args.curve_from), out, params, args.curve_every)
+        quality_curve(args.data, Path(args.curve_from), out, params, args.curve_every, args.eval_data)
         return
 
     tmp = tempfile.TemporaryDirectory()

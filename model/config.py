@@ -62,6 +62,7 @@ class DenoiserConfig:
     audio_patch: int = 1
     image_patch: int | None = 4   # square patch of the i2v image tokens; None: the video patch's (h, w)
     text_refiner_depth: int = 2   # self-attention layers over the caption tokens
+    caption_in_adaln: bool = True # the pooled caption also conditions adaLN; False: only the caption tokens
     self_condition: bool = False  # also read the previous clean-latent estimate (base only)
     is_upsampler: bool = derived(False)
     video_latent_shape: tuple[int, int, int, int] = derived((4, 16, 16, 16))  # (C, F, H, W)

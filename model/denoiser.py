@@ -103,6 +103,8 @@ class InputProjector(nn.Module):
             null_mask[:, 0] = True
             text_mask = torch.where(drop[:, None], null_mask, text_mask)
         text, text_pooled = self.text_refiner(tokens, text_mask)
+        if not self.config.caption_in_adaln:   # one global vector per caption invites recalling whole clips
+            return CaptionState(text, text_mask, torch.zeros_like(text_pooled))
         return CaptionState(text, text_mask, self.c_embedder(pooled) + text_pooled)
 
     def _image(self, video: torch.Tensor, inputs: DenoiserInputs) -> tuple[torch.Tensor, torch.Tensor]:

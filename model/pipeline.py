@@ -47,7 +47,7 @@ class TinyVeo(nn.Module):
 
     def __init__(self, config: ModelConfig, encoder: ConditioningEncoder, video_vae: VideoVAE, audio_vae: AudioVAE,
                  base: JointDenoisingTransformer, upsampler: JointDenoisingTransformer, train_scheduler, fps: float,
-                 upsampler_scheduler=None):
+                 upsampler_scheduler=None, bf16_speedup: Callable[[], float] | None = None):
         super().__init__()
         self.config = config
         self.encoder, self.video_vae, self.audio_vae = encoder, video_vae, audio_vae
@@ -56,6 +56,7 @@ class TinyVeo(nn.Module):
         # The upsampler may predict another target (x0 by default: see params.yaml) on the same schedule.
         self.upsampler_scheduler = upsampler_scheduler or train_scheduler
         self.fps = float(fps)
+        self.bf16_speedup = bf16_speedup   # precision "auto" on a CPU: this machine's measurement (model.precision)
         self.requires_grad_(False)
         self.eval()
 
@@ -125,7 +126,7 @@ class TinyVeo(nn.Module):
         base_inputs, up_inputs = self.denoiser_inputs(context, input_image)
         settings = dict(sampler=sampler, guidance=guidance, guidance_interval=guidance_interval, generator=generator,
                         on_step=on_step)
-        with autocast(self.device, autocast_dtype(precision, self.device)):
+        with autocast(self.device, autocast_dtype(precision, self.device, self.bf16_speedup)):
             base_video, audio = sample_latents(self.base, self.train_scheduler, base_inputs, steps=steps, **settings)
             up_video, _ = sample_latents(self.upsampler, self.upsampler_scheduler,
                                          up_inputs.replace(low_res_video=base_video), steps=upsampler_steps or steps,

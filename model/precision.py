@@ -5,9 +5,9 @@ flag: on a 2-core AMD EPYC (AVX512-BF16) a denoiser training step took 79 ms in 
 fp32, but on a 2-core Xeon with AMX the step took the same in both (its time is outside the matrix
 products), and without native bf16 it is emulated and slower. So "auto" on a CPU with native bf16
 times a transformer block's forward + backward in both and takes bf16 only where it is at least
-AUTO_BF16_MIN_SPEEDUP faster (bench/RESULTS.md has the figures). The measurement is made once per
-machine and kept on disk, so every process, rank and resumed run of that machine takes the same
-precision (a per-process measurement near the threshold could differ, and exact resume with it).
+AUTO_BF16_MIN_SPEEDUP faster (bench/RESULTS.md has the figures). Here it is measured once per
+process; the pipeline steps pass `bf16_speedup` = the machine's recorded measurement
+(tasks/runtime.py), so every process, rank and resumed run of a machine takes the same precision.
 
 Weights, optimizer state, the residual stream, norms, softmax and losses stay fp32 under autocast;
 the model's outputs are returned as fp32. On CPU the bf16 kernels are deterministic, like fp32 ones.
@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import json
-import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -66,36 +64,16 @@ def measure_bf16_speedup() -> float:
         return block_seconds(None) / block_seconds(torch.bfloat16)
 
 
-def speedup_record() -> Path:
-    """Where this machine's measurement is kept: $TINYVEO_CACHE_DIR (default ~/.cache/tinyveo), one
-    file per CPU model and flags, torch version and thread count."""
-    cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    lines = sorted({line for line in cpu.splitlines() if line.startswith(("model name", "flags"))})
-    key = hashlib.sha256("|".join([*lines, torch.__version__, str(torch.get_num_threads())]).encode()).hexdigest()
-    root = os.environ.get("TINYVEO_CACHE_DIR") or Path.home() / ".cache" / "tinyveo"
-    return Path(root) / f"bf16-speedup-{key[:12]}.json"
-
-
 @functools.lru_cache(maxsize=1)
-def cpu_bf16_speedup() -> float:
-    """This machine's bf16 speed-up: read from its record, else measured and recorded. The first
-    record written wins (a hard link cannot replace a file), so processes measuring at once agree."""
-    path = speedup_record()
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"speedup": measure_bf16_speedup(), "torch": torch.__version__}))
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-    return float(json.loads(path.read_text())["speedup"])
+def measured_bf16_speedup() -> float:
+    """This process's `measure_bf16_speedup`, made once."""
+    return measure_bf16_speedup()
 
 
-def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
-    """"auto" | "bf16" | "fp32" on a device -> the autocast dtype, or None for full fp32."""
+def autocast_dtype(precision: str, device: torch.device | str,
+                   bf16_speedup: Callable[[], float] | None = None) -> torch.dtype | None:
+    """"auto" | "bf16" | "fp32" on a device -> the autocast dtype, or None for full fp32.
+    `bf16_speedup` gives this CPU's measured bf16 speed-up for "auto" (default: measured here, once)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     device = torch.device(device)
@@ -105,7 +83,8 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_native_bf16() and cpu_bf16_speedup() >= AUTO_BF16_MIN_SPEEDUP else None
+    speedup = bf16_speedup or measured_bf16_speedup
+    return torch.bfloat16 if cpu_has_native_bf16() and speedup() >= AUTO_BF16_MIN_SPEEDUP else None
 
 
 def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

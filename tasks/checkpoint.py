@@ -29,7 +29,7 @@ from model import (AudioVAE, ConditioningEncoder, JointDenoisingTransformer, Tin
 
 from .media import atomic_path, fault_point, fsync_path, write_text_atomic
 from .params import Params, ParamsError
-from .runtime import UserError, pick_device
+from .runtime import UserError, pick_device, recorded_bf16_speedup
 
 
 def save_checkpoint(stage_dir: str | Path, step: int, weights: dict[str, dict[str, torch.Tensor]],
@@ -215,7 +215,9 @@ def load_pipeline(checkpoint: str | Path, device: str | None = None):
         load_module(module, folder, name, config_path)
     scheduler, up_scheduler = noise_schedulers(params.diffusion)
     fps = params.cache.num_frames / params.cache.window_s
-    return TinyVeo(cfg, encoder, video_vae, audio_vae, base, upsampler, scheduler, fps, up_scheduler).to(dev), params
+    pipe = TinyVeo(cfg, encoder, video_vae, audio_vae, base, upsampler, scheduler, fps, up_scheduler,
+                   bf16_speedup=recorded_bf16_speedup)
+    return pipe.to(dev), params
 
 
 def latents_path(checkpoint: str | Path) -> Path:

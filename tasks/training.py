@@ -29,7 +29,7 @@ from model.precision import autocast, autocast_dtype
 from .checkpoint import (clear_checkpoints, folder_lock, latest_checkpoint, load_module, load_state, save_checkpoint,
                          write_stage_files)
 from .params import flatten
-from .runtime import UserError, pick_device, seed_everything, source_digest
+from .runtime import UserError, pick_device, recorded_bf16_speedup, seed_everything, source_digest
 from .plots import loss_curve_png
 from .tracking import Tracker, write_loss_tsv
 
@@ -354,7 +354,7 @@ def run_loop(name: str, state: TrainState, loss_fn: Callable[[list[int], BatchDr
 def training_precision(train, device: torch.device) -> torch.dtype | None:
     """train.precision on this device -> the autocast dtype of a stage (None: fp32)."""
     try:
-        return autocast_dtype(train.precision, device)
+        return autocast_dtype(train.precision, device, recorded_bf16_speedup)
     except ValueError as e:
         raise UserError(f"train.precision: {e}") from None
 

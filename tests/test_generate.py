@@ -3,6 +3,7 @@ files, every metric, and an error message for each bad input."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 
 from tasks.cli import main as cli_main
+from model.precision import autocast_dtype
 from tasks.checkpoint import latest_checkpoint, load_pipeline
 from tasks.generate import generate
 from tasks.runtime import UserError
@@ -49,6 +51,13 @@ def test_bf16_sampling_is_reproducible_and_close_to_fp32(pipe):
     assert torch.equal(half.video, again.video) and torch.equal(half.audio, again.audio)
     assert not torch.equal(half.video, full.video)
     assert float((half.video - full.video).abs().mean()) < 0.02
+    # "auto" follows the machine's recorded measurement (tasks/runtime.py), as training does
+    from tasks.runtime import recorded_bf16_speedup
+
+    assert pipe.bf16_speedup is recorded_bf16_speedup
+    auto = pipe.generate_content(PROMPTS, steps=3, seed=1, precision="auto")
+    picked = half if autocast_dtype("auto", "cpu", recorded_bf16_speedup) is torch.bfloat16 else full
+    assert torch.equal(auto.video, picked.video)
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
@@ -320,6 +329,8 @@ def test_evaluate_reports_every_metric(trained_checkpoint, prepared_data, tiny_c
     name = "lpips" if i2v["lpips_backbone"] == "pretrained" else "lpips_random_backbone"
     assert i2v[name] >= 0 and ("lpips" not in i2v or i2v["lpips_backbone"] == "pretrained")
     assert i2v["scene"]["attributes"] == ["motion", "pitch"] and "color" not in i2v["scene"]
+    for group in m["splits"].values():
+        assert group["scene_through_vaes"]["clips"] == group["prompts"]["count"]
     vae = m["vae_reconstruction"]
     assert vae["video_psnr_base"] > 5 and -1 <= vae["video_ssim_base"] <= 1 and vae["audio_logmel_l1"] >= 0
     assert any(p.suffix == ".mp4" for p in (tmp_path / "eval" / "samples").iterdir())
@@ -332,6 +343,37 @@ def test_evaluate_reports_every_metric(trained_checkpoint, prepared_data, tiny_c
     with pytest.raises(UserError, match="no items in split 'nope'"):
         evaluate(trained_checkpoint, tmp_path / "eval3", load_params(overrides=FAST + ["eval.splits=nope"]),
                  data=prepared_data, progress=False, track=False)
+
+
+def test_the_vae_ceiling_scores_the_real_clips_through_the_vaes(prepared_data, tmp_path):
+    """With VAEs that change nothing, the round trip gives back every cached clip in order and the
+    ceiling is exactly the real clips' score (--reference); the per-count parts add up to the whole."""
+    from types import SimpleNamespace
+
+    from tasks.evaluate import EvalSet, ceiling_metrics, generate_t2v, scene_metrics, split_specs, through_vaes
+
+    class Unchanged:
+        def encode(self, x):
+            return x
+
+        def decode(self, z):
+            return z
+
+    params = load_params(overrides=FAST)
+    specs, cache, manifest = split_specs(prepared_data, ["train"], 8)["train"]   # clips whose sounds differ
+    pipe = SimpleNamespace(video_vae=Unchanged(), audio_vae=Unchanged(), device=torch.device("cpu"))
+    videos, audios = through_vaes(pipe, cache, batch=3)
+    assert len(videos) == len(audios) == len(specs) > 1
+    for i, (video, audio) in enumerate(zip(videos, audios)):
+        assert torch.equal(video, cache["video_upsampled"][i].float() / 255)
+        assert np.array_equal(audio, cache["audio"][i, 0].float().numpy())
+    ceiling = ceiling_metrics(EvalSet("train", pipe, params, {}, specs, tmp_path, cache, manifest))
+    reference = EvalSet("train", None, params, {}, specs, tmp_path, cache, manifest)
+    generate_t2v(reference, False)
+    assert ceiling == scene_metrics(reference) and ceiling["clips"] == len(specs)
+    parts = ceiling["by_count"].values()
+    assert sum(p["clips"] for p in parts) == ceiling["clips"]
+    assert math.isclose(sum(p["clips"] * p["all_correct"] for p in parts), ceiling["clips"] * ceiling["all_correct"])
 
 
 def test_evaluate_from_a_prompts_file_logs_to_mlflow(trained_checkpoint, tmp_path, monkeypatch):

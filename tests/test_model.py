@@ -367,6 +367,23 @@ def test_caption_word_order_reaches_the_condition(tiny_params):
     assert torch.allclose(refiner(padded, mask)[1], pooled, atol=1e-5)
 
 
+def test_caption_in_adaln_false_conditions_through_the_tokens_only(tiny_params):
+    """With denoiser.caption_in_adaln false the pooled caption reaches nothing; the tokens still do."""
+    from dataclasses import replace
+
+    cfg = from_params(tiny_params)
+    video, audio, t, inputs = base_inputs(cfg, batch=2)
+    ctx = inputs.caption
+    other_pooled = DenoiserInputs(TextEmbedding(ctx.pooled + 3.0, ctx.tokens, ctx.mask))
+    other_tokens = DenoiserInputs(TextEmbedding(ctx.pooled, ctx.tokens + 3.0, ctx.mask))
+    for in_adaln in (True, False):
+        model = _perturbed(JointDenoisingTransformer(replace(cfg.base, caption_in_adaln=in_adaln))).eval()
+        with torch.no_grad():
+            out = model(video, audio, t, inputs)[0]
+            assert torch.equal(out, model(video, audio, t, other_pooled)[0]) is not in_adaln
+            assert not torch.equal(out, model(video, audio, t, other_tokens)[0])
+
+
 def test_text_statistics_standardise_and_travel_with_the_weights(tiny_params):
     cfg = from_params(tiny_params)
     ctx = random_context(64, cfg.base.max_text_tokens, valid=5)

@@ -21,7 +21,7 @@ def test_each_setting_picks_its_dtype():
     assert autocast_dtype("bf16", "cpu") is torch.bfloat16
     import model.precision as precision
 
-    expected = cpu_has_native_bf16() and precision.cpu_bf16_speedup() >= precision.AUTO_BF16_MIN_SPEEDUP
+    expected = cpu_has_native_bf16() and precision.measured_bf16_speedup() >= precision.AUTO_BF16_MIN_SPEEDUP
     assert autocast_dtype("auto", "cpu") is (torch.bfloat16 if expected else None)
     assert autocast_dtype("bf16", "meta") is None  # no autocast off cpu/cuda
     with pytest.raises(ValueError, match="fp16"):
@@ -37,10 +37,11 @@ def test_auto_takes_bf16_only_where_it_measures_faster(monkeypatch):
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     for speedup, dtype in ((1.6, torch.bfloat16), (1.0, None), (1.19, None)):   # the AMD and the Xeon AMX cases
-        monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda s=speedup: s)
+        monkeypatch.setattr(precision, "measured_bf16_speedup", lambda s=speedup: s)
         assert autocast_dtype("auto", "cpu") is dtype, speedup
+        assert autocast_dtype("auto", "cpu", lambda s=speedup: 2.4 - s) is (None if dtype else torch.bfloat16)
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)   # emulated bf16: not even measured
-    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: pytest.fail("measured without native bf16"))
+    monkeypatch.setattr(precision, "measured_bf16_speedup", lambda: pytest.fail("measured without native bf16"))
     assert autocast_dtype("auto", "cpu") is None
 
 
@@ -66,17 +67,23 @@ def test_the_bf16_measurement_runs_inside_sampling_no_grad_and_inference_mode():
 
 def test_the_bf16_measurement_is_made_once_per_machine_and_shared(tmp_path, monkeypatch):
     """Every process, rank and resumed run of a machine must take the same precision: the first
-    measurement is recorded and every later process reads it instead of measuring again."""
+    measurement is recorded (by tasks/, not model/) and every later process reads it instead of
+    measuring again; training and loaded pipelines both decide "auto" from that record."""
     import model.precision as precision
+    from tasks import runtime
+    from tasks.training import training_precision
 
     monkeypatch.setenv("TINYVEO_CACHE_DIR", str(tmp_path))
     measured = []
     monkeypatch.setattr(precision, "measure_bf16_speedup", lambda: measured.append(1) or 1.21 + 0.5 * len(measured))
     for _ in range(3):   # three "processes": the lru cache is per process
-        precision.cpu_bf16_speedup.cache_clear()
-        assert precision.cpu_bf16_speedup() == 1.71
-    assert len(measured) == 1 and precision.speedup_record().parent == tmp_path
-    precision.cpu_bf16_speedup.cache_clear()
+        runtime.recorded_bf16_speedup.cache_clear()
+        assert runtime.recorded_bf16_speedup() == 1.71
+    assert len(measured) == 1 and runtime.speedup_record().parent == tmp_path
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "measured_bf16_speedup", lambda: pytest.fail("measured again in-process"))
+    assert training_precision(load_params().train, torch.device("cpu")) is torch.bfloat16   # the record's 1.71
+    runtime.recorded_bf16_speedup.cache_clear()
 
 
 def test_cpu_attention_matches_sdpa_with_and_without_a_mask():

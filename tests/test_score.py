@@ -12,7 +12,7 @@ from tasks.evaluate import evaluate
 from tasks.params import load_params
 from tasks.preprocess import frame_times
 from tasks.prepare import prepare
-from tasks.score import analyse_clip, score_clip
+from tasks.score import analyse_clip, score_clip, score_set
 from tasks.score.sound import analyse_sound
 from tasks.worlds import scene_from_attributes, world
 from tasks.worlds.common import COLORS, PITCHES, SHAPES, impact_sound
@@ -145,6 +145,20 @@ def test_reference_run_scores_real_clips_perfectly(tmp_path, world_name, clips):
     assert (impacts > 0) == (world_name == "events")
     rows = [line.split("\t")[:2] for line in (tmp_path / "eval" / "scores.tsv").read_text().splitlines()[1:]]
     assert [split for split, kind in rows if kind == "model"] == ["train", "val", "test"]
+
+
+def test_scores_are_also_given_per_object_count():
+    """One- and two-object scenes fail differently: by_count splits the set by the expected count."""
+    specs = world("events").plan(60, 3, 0.0)
+    one = next(s for s in specs if len(s.objects) == 1)
+    two = [s for s in specs if len(s.objects) == 2][:2]
+    clips = [rendered(s) for s in (one, two[0])]
+    analyses = [analyse_clip(frames, audio, SR, TIMES) for frames, audio, _ in clips]
+    expected = [clips[0][2], rendered(two[1])[2]]      # the two-object clip against another scene
+    result = score_set(analyses, expected, PERIOD)
+    assert result["by_count"]["1"]["clips"] == result["by_count"]["2"]["clips"] == 1
+    assert result["by_count"]["1"]["all_correct"] == 1.0 and result["by_count"]["2"]["all_correct"] == 0.0
+    assert result["all_correct"] == 0.5
 
 
 # --- broken clips are never correct --------------------------------------------------------------

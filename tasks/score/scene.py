@@ -159,6 +159,10 @@ def score_set(analyses: Sequence[ClipAnalysis], expected: Sequence[dict[str, Any
     """The set's scores, with the majority guess and a shuffled-prompt score (each clip against another prompt)."""
     scores = [score_clip(a, e, frame_period, attributes) for a, e in zip(analyses, expected)]
     out = summarise(scores, attributes)
+    out["by_count"] = {}
+    for n in sorted({len(e["objects"]) for e in expected}):   # one- and two-object scenes fail differently
+        part = summarise([s for s, e in zip(scores, expected) if len(e["objects"]) == n], attributes)
+        out["by_count"][str(n)] = {k: part[k] for k in ("clips", *attributes, "object_all", "all_correct")}
     if len(expected) > 1:
         order = list(range(len(expected)))
         random.Random(seed).shuffle(order)
