@@ -6,7 +6,8 @@ The article's components, kept by name, with its defects fixed:
   tokens share the time frequencies, placed at the same seconds, so sound and motion line up.
   A CPU prototype learned motion only with fixed (t, h, w) positions.
 - The caption enters twice: its pooled vector in adaLN (as the article) and its token states as
-  tokens of the joint sequence (a pooled vector separates attributes only weakly).
+  tokens of the joint sequence (a pooled vector separates attributes only weakly);
+  `caption_in_adaln: false` keeps only the tokens.
 - A learned null condition replaces the caption for condition dropout, giving classifier-free
   guidance (`forward_with_cfg`).
 - The upsampler sees the low-res latent, upsampled and concatenated channel-wise with its noisy
