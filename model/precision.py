@@ -7,7 +7,7 @@ products), and without native bf16 it is emulated and slower. So "auto" on a CPU
 times a transformer block's forward + backward in both and takes bf16 only where it is at least
 AUTO_BF16_MIN_SPEEDUP faster (bench/RESULTS.md has the figures). Here it is measured once per
 process; the pipeline steps pass `bf16_speedup` = the machine's recorded measurement
-(tasks/runtime.py), so every process, rank and resumed run of a machine takes the same precision.
+(tasks/checkpoint.py), so every process, rank and resumed run of a machine takes the same precision.
 
 Weights, optimizer state, the residual stream, norms, softmax and losses stay fp32 under autocast;
 the model's outputs are returned as fp32. On CPU the bf16 kernels are deterministic, like fp32 ones.

@@ -13,6 +13,8 @@ A checkpoint is written into a temporary folder, renamed into place, and only th
 from __future__ import annotations
 
 import fcntl
+import functools
+import hashlib
 import json
 import os
 import shutil
@@ -25,11 +27,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from model import (AudioVAE, ConditioningEncoder, JointDenoisingTransformer, TinyVeo, VideoVAE, from_params,
-                   noise_schedulers)
+                   noise_schedulers, precision)
 
 from .media import atomic_path, fault_point, fsync_path, write_text_atomic
 from .params import Params, ParamsError
-from .runtime import UserError, pick_device, recorded_bf16_speedup
+from .runtime import UserError, pick_device
 
 
 def save_checkpoint(stage_dir: str | Path, step: int, weights: dict[str, dict[str, torch.Tensor]],
@@ -218,6 +220,36 @@ def load_pipeline(checkpoint: str | Path, device: str | None = None):
     pipe = TinyVeo(cfg, encoder, video_vae, audio_vae, base, upsampler, scheduler, fps, up_scheduler,
                    bf16_speedup=recorded_bf16_speedup)
     return pipe.to(dev), params
+
+
+def speedup_record() -> Path:
+    """Where this machine's bf16 measurement is kept: $TINYVEO_CACHE_DIR (default ~/.cache/tinyveo), one
+    file per CPU model and flags, torch version and thread count."""
+    cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    lines = sorted({line for line in cpu.splitlines() if line.startswith(("model name", "flags"))})
+    key = hashlib.sha256("|".join([*lines, torch.__version__, str(torch.get_num_threads())]).encode()).hexdigest()
+    root = os.environ.get("TINYVEO_CACHE_DIR") or Path.home() / ".cache" / "tinyveo"
+    return Path(root) / f"bf16-speedup-{key[:12]}.json"
+
+
+@functools.lru_cache(maxsize=1)
+def recorded_bf16_speedup() -> float:
+    """This machine's bf16 speed-up (model.precision): read from its record, else measured and
+    recorded, so every process, rank and resumed run of the machine takes the same precision (a
+    per-process measurement near the threshold could differ, and exact resume with it). The first
+    record written wins (a hard link cannot replace a file), so processes measuring at once agree."""
+    path = speedup_record()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"speedup": precision.measure_bf16_speedup(), "torch": torch.__version__}))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return float(json.loads(path.read_text())["speedup"])
 
 
 def latents_path(checkpoint: str | Path) -> Path:

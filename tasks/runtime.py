@@ -1,10 +1,7 @@
-"""Small shared helpers for tasks: device choice, seeding, user-facing errors, per-clip process pools,
-the machine's bf16 measurement."""
+"""Small shared helpers for tasks: device choice, seeding, user-facing errors, per-clip process pools."""
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
 import os
 import random
 from pathlib import Path
@@ -23,42 +20,6 @@ def pick_device(requested: str | None = None):
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % max(torch.cuda.device_count(), 1))
     return device
-
-
-def speedup_record() -> Path:
-    """Where this machine's bf16 measurement is kept: $TINYVEO_CACHE_DIR (default ~/.cache/tinyveo), one
-    file per CPU model and flags, torch version and thread count."""
-    import torch
-
-    cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    lines = sorted({line for line in cpu.splitlines() if line.startswith(("model name", "flags"))})
-    key = hashlib.sha256("|".join([*lines, torch.__version__, str(torch.get_num_threads())]).encode()).hexdigest()
-    root = os.environ.get("TINYVEO_CACHE_DIR") or Path.home() / ".cache" / "tinyveo"
-    return Path(root) / f"bf16-speedup-{key[:12]}.json"
-
-
-@functools.lru_cache(maxsize=1)
-def recorded_bf16_speedup() -> float:
-    """This machine's bf16 speed-up (model.precision): read from its record, else measured and
-    recorded, so every process, rank and resumed run of the machine takes the same precision (a
-    per-process measurement near the threshold could differ, and exact resume with it). The first
-    record written wins (a hard link cannot replace a file), so processes measuring at once agree."""
-    import torch
-
-    from model.precision import measure_bf16_speedup
-
-    path = speedup_record()
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"speedup": measure_bf16_speedup(), "torch": torch.__version__}))
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-    return float(json.loads(path.read_text())["speedup"])
 
 
 def seed_everything(seed: int) -> None:

@@ -26,10 +26,10 @@ from tqdm import tqdm
 from model.draws import BatchDraws
 from model.precision import autocast, autocast_dtype
 
-from .checkpoint import (clear_checkpoints, folder_lock, latest_checkpoint, load_module, load_state, save_checkpoint,
-                         write_stage_files)
+from .checkpoint import (clear_checkpoints, folder_lock, latest_checkpoint, load_module, load_state,
+                         recorded_bf16_speedup, save_checkpoint, write_stage_files)
 from .params import flatten
-from .runtime import UserError, pick_device, recorded_bf16_speedup, seed_everything, source_digest
+from .runtime import UserError, pick_device, seed_everything, source_digest
 from .plots import loss_curve_png
 from .tracking import Tracker, write_loss_tsv
 

@@ -51,8 +51,8 @@ def test_bf16_sampling_is_reproducible_and_close_to_fp32(pipe):
     assert torch.equal(half.video, again.video) and torch.equal(half.audio, again.audio)
     assert not torch.equal(half.video, full.video)
     assert float((half.video - full.video).abs().mean()) < 0.02
-    # "auto" follows the machine's recorded measurement (tasks/runtime.py), as training does
-    from tasks.runtime import recorded_bf16_speedup
+    # "auto" follows the machine's recorded measurement (tasks/checkpoint.py), as training does
+    from tasks.checkpoint import recorded_bf16_speedup
 
     assert pipe.bf16_speedup is recorded_bf16_speedup
     auto = pipe.generate_content(PROMPTS, steps=3, seed=1, precision="auto")

@@ -70,20 +70,20 @@ def test_the_bf16_measurement_is_made_once_per_machine_and_shared(tmp_path, monk
     measurement is recorded (by tasks/, not model/) and every later process reads it instead of
     measuring again; training and loaded pipelines both decide "auto" from that record."""
     import model.precision as precision
-    from tasks import runtime
+    from tasks import checkpoint
     from tasks.training import training_precision
 
     monkeypatch.setenv("TINYVEO_CACHE_DIR", str(tmp_path))
     measured = []
     monkeypatch.setattr(precision, "measure_bf16_speedup", lambda: measured.append(1) or 1.21 + 0.5 * len(measured))
     for _ in range(3):   # three "processes": the lru cache is per process
-        runtime.recorded_bf16_speedup.cache_clear()
-        assert runtime.recorded_bf16_speedup() == 1.71
-    assert len(measured) == 1 and runtime.speedup_record().parent == tmp_path
+        checkpoint.recorded_bf16_speedup.cache_clear()
+        assert checkpoint.recorded_bf16_speedup() == 1.71
+    assert len(measured) == 1 and checkpoint.speedup_record().parent == tmp_path
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(precision, "measured_bf16_speedup", lambda: pytest.fail("measured again in-process"))
     assert training_precision(load_params().train, torch.device("cpu")) is torch.bfloat16   # the record's 1.71
-    runtime.recorded_bf16_speedup.cache_clear()
+    checkpoint.recorded_bf16_speedup.cache_clear()
 
 
 def test_cpu_attention_matches_sdpa_with_and_without_a_mask():
