@@ -139,8 +139,10 @@ class TinyVeoPipeline(DiffusionPipeline):
                              num_frames=base.config.video_latent_shape[1] * video_vae.config.temporal_downsample,
                              base_size=base.config.video_latent_shape[-1] * scale,
                              upsampled_size=upsampler.config.video_latent_shape[-1] * scale)
+        from tasks.checkpoint import recorded_bf16_speedup   # "auto" decides as training did on this machine
+
         return TinyVeo(config, encoder, video_vae, audio_vae, base, upsampler, self.scheduler, self.config.fps,
-                       self.upsampler_scheduler)
+                       self.upsampler_scheduler, bf16_speedup=recorded_bf16_speedup)
 
     def generate_content(self, prompt, input_image=None, **settings):
         """model.TinyVeo.generate_content (tinyveo's own keyword names): `tinyveo generate` calls this."""
