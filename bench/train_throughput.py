@@ -55,24 +55,27 @@ def matmul_ceiling(dtype) -> dict[str, float]:
     return out
 
 
-def report_flops(step, seconds: float, amp) -> None:
+def report_flops(step, seconds: dict[str, float], amp) -> None:
     """FLOPs of one training step (torch's FlopCounterMode: matrix products, forward + backward) at
-    the measured step time, against the measured matmul ceiling of the precision the step runs in."""
+    each measured step time (eager, compiled), against the measured matmul ceiling of the precision
+    the step runs in."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops()
-    achieved = flops / seconds
     label = "bf16" if amp is not None else "fp32"
-    print(f"\n# tinyveo step: {flops / 1e9:.1f} GFLOP (matrix products, forward + backward) in {seconds:.3f} s = "
-          f"{achieved / 1e12:.3f} TFLOP/s, in {label}")
-    for dtype in (torch.float32, torch.bfloat16):
-        for shape, ceiling in matmul_ceiling(dtype).items():
-            mark = "  <- the step's precision" if (dtype is torch.bfloat16) == (amp is not None) else ""
-            print(f"matmul {shape:<18} {str(dtype).split('.')[-1]:<9} {ceiling / 1e12:7.3f} TFLOP/s; "
-                  f"the step reaches {achieved / ceiling:6.1%} of it{mark}")
+    ceilings = {dtype: matmul_ceiling(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    for name, sec in seconds.items():
+        achieved = flops / sec
+        print(f"\n# tinyveo step, {name}: {flops / 1e9:.1f} GFLOP (matrix products, forward + backward) in {sec:.3f} s = "
+              f"{achieved / 1e12:.3f} TFLOP/s, in {label}")
+        for dtype, shapes in ceilings.items():
+            for shape, ceiling in shapes.items():
+                mark = "  <- the step's precision" if (dtype is torch.bfloat16) == (amp is not None) else ""
+                print(f"matmul {shape:<18} {str(dtype).split('.')[-1]:<9} {ceiling / 1e12:7.3f} TFLOP/s; "
+                      f"the step reaches {achieved / ceiling:6.1%} of it{mark}")
 
 
 def profile_step(step, steps: int = 5, top: int = 15) -> None:
@@ -124,9 +127,6 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
     b_cfg = cfg.base
     # tinyveo: base + upsampler on random latents (shapes are what counts) and cached caption states.
     base, up = JointDenoisingTransformer(cfg.base), JointDenoisingTransformer(cfg.upsampler)
-    tv_params = list(base.parameters()) + list(up.parameters())
-    tv_opt = make_optimizer(tv_params, 1e-4, 0.0)  # as tinyveo trains (fused AdamW)
-    base_ema, up_ema = copy.deepcopy(base).requires_grad_(False), copy.deepcopy(up).requires_grad_(False)
     sched, up_sched = noise_schedulers(d)
     items = ArticleDataset(MultiModalDataset(data_dir / "cache", split="train"))
     real = collate([items[i] for i in range(batch)])
@@ -140,19 +140,33 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
 
     amp = training_precision(t, torch.device("cpu"))  # as tinyveo trains: train.precision (bf16 autocast where native)
 
-    def tinyveo_step(n_up: int = n_up) -> None:
-        up_ctx = TextEmbedding(ctx.pooled[:n_up], ctx.tokens[:n_up], ctx.mask[:n_up])
-        tv_opt.zero_grad(set_to_none=True)
-        with autocast("cpu", amp):
-            inputs = DenoiserInputs(ctx, image_latent=img_b, has_image=has_image)
-            loss = base_denoiser_loss(base, sched, v_base, aud, inputs, 0.1).total
-            up_inputs = DenoiserInputs(up_ctx, image_latent=img_u[:n_up], has_image=has_image[:n_up])
-            loss = loss + upsampler_loss(up, up_sched, v_up[:n_up], v_base[:n_up], up_inputs, 250, 0.1)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(tv_params, 1.0)
-        tv_opt.step()
-        for ema, model in ((base_ema, base), (up_ema, up)):   # as tinyveo's loop: the EMA is part of its step
-            update_ema(ema, model, t.ema_decay)
+    def make_step(base, up):
+        """tinyveo's training step on these two denoisers, with their own optimizer and EMA copies."""
+        tv_params = list(base.parameters()) + list(up.parameters())
+        tv_opt = make_optimizer(tv_params, 1e-4, 0.0)  # as tinyveo trains (fused AdamW)
+        base_ema, up_ema = copy.deepcopy(base).requires_grad_(False), copy.deepcopy(up).requires_grad_(False)
+
+        def tinyveo_step(n_up: int = n_up) -> None:
+            up_ctx = TextEmbedding(ctx.pooled[:n_up], ctx.tokens[:n_up], ctx.mask[:n_up])
+            tv_opt.zero_grad(set_to_none=True)
+            with autocast("cpu", amp):
+                inputs = DenoiserInputs(ctx, image_latent=img_b, has_image=has_image)
+                loss = base_denoiser_loss(base, sched, v_base, aud, inputs, 0.1).total
+                up_inputs = DenoiserInputs(up_ctx, image_latent=img_u[:n_up], has_image=has_image[:n_up])
+                loss = loss + upsampler_loss(up, up_sched, v_up[:n_up], v_base[:n_up], up_inputs, 250, 0.1)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(tv_params, 1.0)
+            tv_opt.step()
+            for ema, model in ((base_ema, base), (up_ema, up)):   # as tinyveo's loop: the EMA is part of its step
+                update_ema(ema, model, t.ema_decay)
+        return tinyveo_step
+
+    tinyveo_step = make_step(base, up)
+    # The same step with the transformer blocks compiled (train.compile): copies of the same weights.
+    compiled_step = make_step(copy.deepcopy(base).compile_blocks(), copy.deepcopy(up).compile_blocks())
+    build = time.perf_counter()
+    compiled_step()
+    build = time.perf_counter() - build
 
     # The article's model at the same width/depth/heads, its own latent shapes and loss.
     ref = ArticleModel(encoder, ReferenceConfig(dim=b_cfg.dim, depth=b_cfg.depth, heads=b_cfg.heads,
@@ -178,7 +192,8 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
 
     # The article's loop in fp32 as written; its denoisers also under tinyveo's autocast, to show how
     # much of the ratio is precision and how much design.
-    runs = {"tv": tinyveo_step, "tv_all": lambda: tinyveo_step(batch), "den": lambda: reference_step(False),
+    runs = {"tv": tinyveo_step, "tv_all": lambda: tinyveo_step(batch), "tv_compiled": compiled_step,
+            "den": lambda: reference_step(False),
             "full": lambda: reference_step(True)}
     if amp is not None:
         runs["den_amp"] = lambda: reference_step(False, amp)
@@ -197,6 +212,7 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
     rows = [
         (f"tinyveo denoisers (base + upsampler on {n_up} of {batch})", n(base) + n(up), m_tv),
         (f"tinyveo, upsampler on all {batch} (the article's work)", n(base) + n(up), statistics.median(times["tv_all"])),
+        (f"tinyveo, blocks compiled (first step {build:.0f} s)", n(base) + n(up), statistics.median(times["tv_compiled"])),
         ("article denoisers, latents given", n(ref.base_denoiser) + n(ref.upsampler_denoiser), m_den),
         ("article loop step (re-encodes VAEs + text)", n(ref.base_denoiser) + n(ref.upsampler_denoiser), m_full),
     ]
@@ -205,7 +221,7 @@ def compare_with_reference(params: dict, data_dir: Path, steps: int, rounds: int
                      statistics.median(times["den_amp"])))
     for name, params_m, sec in rows:
         print(f"{name:<44}{params_m:>11.2f}{sec:>9.3f}{batch / sec:>11.1f}{sec / m_tv:>10.2f}x")
-    report_flops(tinyveo_step, m_tv, amp)
+    report_flops(tinyveo_step, {"eager": m_tv, "blocks compiled": statistics.median(times["tv_compiled"])}, amp)
     if profile:
         profile_step(tinyveo_step)
 
@@ -229,8 +245,10 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also profile tinyveo's step by operator")
     parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="tinyveo's training precision (default: params train.precision); the article's runs in fp32")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter for tinyveo (e.g. denoiser.base.dim=256); repeatable")
     args = parser.parse_args()
-    precision = [] if args.precision is None else [f"train.precision={args.precision}"]
+    precision = ([] if args.precision is None else [f"train.precision={args.precision}"]) + args.set
     if args.compare_only:
         compare_with_reference(load_params(overrides=precision), Path(args.data), args.compare_steps,
                                profile=args.profile)

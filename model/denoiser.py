@@ -293,6 +293,14 @@ class JointDenoisingTransformer(nn.Module):
                 nn.init.zeros_(m.linear.weight)
                 nn.init.zeros_(m.linear.bias)
 
+    def compile_blocks(self) -> "JointDenoisingTransformer":
+        """torch.compile every transformer block in place; parameter names and checkpoints are unchanged.
+        The block's norms, modulation, casts and GELU fuse around its matrix products; the sequence
+        length is dynamic, since the caption padding that runs varies from batch to batch."""
+        for block in self.patch_transformer.transformer_blocks:
+            block.compile(dynamic=True)
+        return self
+
     def forward(self, noisy_video: torch.Tensor, noisy_audio: torch.Tensor | None, t: torch.Tensor,
                 inputs: DenoiserInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
         """noisy_video (B, C, F, H, W); noisy_audio (B, Ca, L) or None (upsampler); t (B,) timesteps;

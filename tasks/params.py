@@ -130,6 +130,8 @@ class TrainParams:
     log_every: int = 25
     device: str | None = None
     precision: str = "auto"
+    compile: bool | str = "auto"
+    compile_min_steps: int = 2000
     mlflow: bool = True
     tracking_uri: str | None = None
     experiment: str = "tinyveo"

@@ -6,6 +6,7 @@ warmup + cosine LR + grad clipping, EMA weights (what sampling uses).
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,8 @@ from .cache import read_manifest
 from .checkpoint import DENOISER_DIR, read_latents
 from .params import Params
 from .runtime import UserError
-from .training import (StageSettings, TrainState, even_shares, finish_stage, fingerprint, run_loop, stage_session,
-                       start_or_resume, training_precision, training_rows, unwrap, wrap_ddp)
+from .training import (StageSettings, TrainState, compile_decision, even_shares, finish_stage, fingerprint, run_loop,
+                       stage_session, start_or_resume, training_precision, training_rows, unwrap, wrap_ddp)
 
 
 def denoiser_settings(params: Params) -> StageSettings:
@@ -97,8 +98,16 @@ def train_denoiser(data_dir: str | Path, checkpoint: str | Path, params: Params,
         loss_fn = denoiser_loss_fn(modules, latents, rows, params, dev)
         state = TrainState.create(modules, len(rows), settings, dist)
         start_or_resume(state, stage_dir, resume, dist, fingerprint(params, manifest), force_resume)
+        remaining = settings.steps - state.step if stop_after is None else min(stop_after, settings.steps - state.step)
+        compiled, why = compile_decision(params.train, remaining, dist, dev)
+        if compiled:  # after the EMA copies are made: they stay plain modules
+            for m in modules.values():
+                unwrap(m).compile_blocks()
+        if dist.main and progress:
+            print(f"train_denoiser: transformer blocks {'compiled' if compiled else 'eager'} ({why})", file=sys.stderr)
         result = run_loop("denoiser", state, loss_fn, settings, stage_dir, dist, tracker, stop_after=stop_after,
                           amp=(dev.type, precision), progress=progress)
         if not dist.main:
             return {}
+        result.metrics["compiled_blocks"] = compiled
         return finish_stage(stage_dir, result, params, manifest, tracker, precision, widths)

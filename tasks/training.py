@@ -8,6 +8,7 @@ position and step: on CPU a run interrupted and resumed ends with the same weigh
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -21,6 +22,7 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as td
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from model.draws import BatchDraws
@@ -349,6 +351,38 @@ def run_loop(name: str, state: TrainState, loss_fn: Callable[[list[int], BatchDr
         state.save(stage_dir, dist)  # an early stop (--stop-after) still leaves a checkpoint to resume from
     bar.close()
     return StageResult(name, state.step, state.losses, {"skipped_steps": state.skipped}, time.perf_counter() - start)
+
+
+@functools.lru_cache(maxsize=None)
+def compiler_problem(device_type: str) -> str | None:
+    """None when torch.compile builds and runs a small kernel on this device type, else why not
+    (inductor needs a C++ compiler on the CPU, Triton on CUDA)."""
+    try:
+        torch.compile(lambda x: F.gelu(x) * x, dynamic=False)(torch.ones(8, device=device_type))
+        return None
+    except Exception as exc:  # any backend failure means: train eagerly
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+
+
+def compile_decision(train, steps: int, dist: Dist, device: torch.device) -> tuple[bool, str]:
+    """(compile the denoisers' blocks?, why), from train.compile: true | false | auto. auto compiles
+    when the stage is long enough to earn back the ~30 s build (train.compile_min_steps; see
+    bench/RESULTS.md) and a compiler works. DDP training stays eager (not tested compiled)."""
+    choice = train.compile
+    if choice not in (True, False, "auto"):
+        raise UserError(f"train.compile must be true, false or auto, got {choice!r}")
+    if choice is False:
+        return False, "train.compile is false"
+    if choice == "auto" and steps < train.compile_min_steps:
+        return False, f"{steps} steps, under train.compile_min_steps={train.compile_min_steps}"
+    if dist.world > 1:
+        return False, f"{dist.world} processes (compiled blocks under DDP are not tested: eager)"
+    problem = compiler_problem(device.type)
+    if problem is not None:
+        if choice is True:
+            raise UserError(f"train.compile is true but torch.compile does not work here: {problem}")
+        return False, f"torch.compile does not work here ({problem})"
+    return True, f"train.compile={choice}"
 
 
 def training_precision(train, device: torch.device) -> torch.dtype | None:

@@ -415,3 +415,55 @@ def test_latents_of_another_cache_are_refused(data_dir, tmp_path):
     train(data_dir, out, tiny("train.vae_steps=2", "train.denoiser_steps=1"))
     with pytest.raises(UserError, match="encoded from another tensor cache"):
         read_latents(out, ["some-other-item"])
+
+
+def test_compile_auto_compiles_only_long_single_process_runs_with_a_working_compiler(monkeypatch):
+    from tasks import training
+    from tasks.runtime import UserError
+
+    one, two, cpu = training.Dist(1, 0), training.Dist(2, 0), torch.device("cpu")
+    auto = load_params(overrides=["train.compile_min_steps=2000"]).train
+    monkeypatch.setattr(training, "compiler_problem", lambda device_type: None)
+    assert training.compile_decision(auto, 2000, one, cpu)[0]
+    assert not training.compile_decision(auto, 1999, one, cpu)[0]      # the build would not pay back
+    off, on = (load_params(overrides=[f"train.compile={v}"]).train for v in ("false", "true"))
+    assert not any(training.compile_decision(p, 9000, two, cpu)[0] for p in (auto, on))   # DDP stays eager
+    assert not training.compile_decision(off, 9000, one, cpu)[0]
+    assert training.compile_decision(on, 10, one, cpu)[0]
+    monkeypatch.setattr(training, "compiler_problem", lambda device_type: "no C++ compiler")
+    compiled, why = training.compile_decision(auto, 9000, one, cpu)
+    assert not compiled and "no C++ compiler" in why                   # auto falls back to eager
+    with pytest.raises(UserError, match="no C\\+\\+ compiler"):        # true says why it cannot
+        training.compile_decision(on, 10, one, cpu)
+    with pytest.raises(UserError, match="train.compile"):
+        training.compile_decision(load_params(overrides=["train.compile=yes"]).train, 10, one, cpu)
+
+
+def test_compiled_blocks_compute_what_eager_blocks_do_and_keep_the_checkpoint_names(tiny_params):
+    from model import JointDenoisingTransformer, base_denoiser_loss, from_params, make_noise_scheduler
+    from tasks.training import compiler_problem
+
+    from test_model import _perturbed, base_inputs
+
+    if compiler_problem("cpu") is not None:
+        pytest.fail(f"torch.compile does not work on this machine: {compiler_problem('cpu')}")
+    cfg = from_params(tiny_params)
+
+    def loss_and_grads(compiled: bool):
+        torch.manual_seed(0)
+        model = _perturbed(JointDenoisingTransformer(cfg.base))
+        names = list(model.state_dict())
+        if compiled:
+            model.compile_blocks()
+            torch._dynamo.utils.counters.clear()
+        video, audio, _, ctx = base_inputs(cfg, batch=3)
+        loss = base_denoiser_loss(model, make_noise_scheduler(), video, audio, ctx, 0.3,
+                                  torch.Generator().manual_seed(0)).total
+        loss.backward()
+        assert list(model.state_dict()) == names
+        assert not compiled or torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1   # it did compile
+        return loss.detach(), [p.grad for p in model.parameters()]
+
+    (eager_loss, eager_grads), (loss, grads) = loss_and_grads(False), loss_and_grads(True)
+    assert torch.allclose(loss, eager_loss, rtol=1e-4)
+    assert all(torch.allclose(g, e, rtol=1e-3, atol=1e-5) for g, e in zip(grads, eager_grads))
