@@ -62,11 +62,16 @@ def report_flops(step, seconds: dict[str, float], amp) -> None:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from model.precision import cpu_has_native_bf16
+
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops()
     label = "bf16" if amp is not None else "fp32"
-    ceilings = {dtype: matmul_ceiling(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    dtypes = [torch.float32] + [torch.bfloat16] * (amp is not None or cpu_has_native_bf16())
+    if torch.bfloat16 not in dtypes:   # emulated: a 2048^3 product takes about a minute
+        print("\n# bf16 matmul ceiling not measured: this CPU has no native bf16 (the step runs in fp32)")
+    ceilings = {dtype: matmul_ceiling(dtype) for dtype in dtypes}
     for name, sec in seconds.items():
         achieved = flops / sec
         print(f"\n# tinyveo step, {name}: {flops / 1e9:.1f} GFLOP (matrix products, forward + backward) in {sec:.3f} s = "
