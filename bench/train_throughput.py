@@ -253,13 +253,13 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter for tinyveo (e.g. denoiser.base.dim=256); repeatable")
     args = parser.parse_args()
-    precision = ([] if args.precision is None else [f"train.precision={args.precision}"]) + args.set
+    overrides = ([] if args.precision is None else [f"train.precision={args.precision}"]) + args.set
     if args.compare_only:
-        compare_with_reference(load_params(overrides=precision), Path(args.data), args.compare_steps,
+        compare_with_reference(load_params(overrides=overrides), Path(args.data), args.compare_steps,
                                profile=args.profile)
         return
     params = load_params(overrides=[f"train.vae_steps={args.steps}", f"train.denoiser_steps={args.steps}",
-                                    "train.mlflow=false", f"train.checkpoint_every={10**9}", *precision])
+                                    "train.mlflow=false", f"train.checkpoint_every={10**9}", *overrides])
     t = params.train
     with tempfile.TemporaryDirectory() as tmp:
         summary = {"vae": train_vae(args.data, tmp, params, progress=False)}

@@ -361,7 +361,8 @@ def compiler_problem(device_type: str) -> str | None:
         torch.compile(lambda x: F.gelu(x) * x, dynamic=False)(torch.ones(8, device=device_type))
         return None
     except Exception as exc:  # any backend failure means: train eagerly
-        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        return f"{type(exc).__name__}: {first_line[:200]}"
 
 
 def compile_decision(train, steps: int, dist: Dist, device: torch.device) -> tuple[bool, str]:
