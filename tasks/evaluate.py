@@ -11,7 +11,8 @@ With --data DATA (a folder written by `tinyveo prepare`) every split in `eval.sp
 one group: its captions are generated and the strict scorer (`tasks/score/`) scores each clip
 against the split's ground-truth scene, per object (color, shape, motion, pitch), per clip (count,
 all correct) and per event (impact sound within one frame), with the majority-guess and
-shuffled-prompt baselines beside. Tune on val; the test split is what a run reports. --reference
+shuffled-prompt baselines beside, and again per object count (`by_count`) and per kind of unseen
+composition (`by_novelty`). Tune on val; the test split is what a run reports. --reference
 feeds the cached real clips through the same scorer instead of generating (a perfect model's
 score: the scorer's own check). With --prompts FILE, JSONL lines with `attributes` are scored.
 
@@ -48,6 +49,7 @@ from .tracking import Tracker
 from .worlds import scene_from_attributes
 
 I2V_ATTRIBUTES = ("motion", "pitch")   # the input image shows color, shape and where the object starts
+NOVELTY_PAIRS = (("color", "shape"), ("shape", "motion"), ("color", "motion"))   # compositions a world holds out
 
 
 def not_computed(reason: str) -> dict[str, str]:
@@ -73,8 +75,23 @@ class EvalSet:
 SplitItems = tuple[list[PromptSpec], dict[str, torch.Tensor], Any]   # prompts, their cached tensors, manifest rows
 
 
+def seen_pairs(scenes) -> set[tuple[str, str, Any, Any]]:
+    """Every (attribute, attribute, value, value) of NOVELTY_PAIRS that some object of `scenes` shows."""
+    return {(a, b, o.get(a), o.get(b)) for scene in scenes if scene for o in scene["objects"] for a, b in NOVELTY_PAIRS}
+
+
+def tag_novelty(scene: dict[str, Any] | None, seen: set) -> dict[str, Any] | None:
+    """A copy of `scene` whose objects carry "novelty": the attribute pairs training never showed, or "seen"."""
+    if scene is None:
+        return None
+    objects = [{**o, "novelty": "+".join(f"{a}_{b}" for a, b in NOVELTY_PAIRS if (a, b, o.get(a), o.get(b)) not in seen)
+                or "seen"} for o in scene["objects"]]
+    return {**scene, "objects": objects}
+
+
 def split_specs(data_dir: str | Path, splits, limit: int) -> dict[str, SplitItems]:
-    """Per split, its first `limit` items of a prepared data folder; the cache is read once for all."""
+    """Per split, its first `limit` items of a prepared data folder; the cache is read once for all.
+    Each object of a scene is tagged with the compositions the train split never shows (`tag_novelty`)."""
     dataset = MultiModalDataset(Path(data_dir) / "cache")
     manifest, names = dataset.manifest, dataset.manifest["split"].fillna("train")
     chosen = {split: manifest.index[names == split].tolist()[:limit] for split in splits}
@@ -82,9 +99,11 @@ def split_specs(data_dir: str | Path, splits, limit: int) -> dict[str, SplitItem
         if not rows:
             raise UserError(f"{data_dir}: no items in split {split!r} (splits there: {', '.join(sorted(set(names)))})")
     tensors = dataset.tensors()
+    seen = seen_pairs(scene_from_attributes(a) for a in manifest.loc[names == "train", "attributes"])
 
     def items(rows: list[int]) -> SplitItems:
-        specs = [PromptSpec(str(manifest.at[r, "caption"]), None, scene_from_attributes(manifest.at[r, "attributes"]),
+        specs = [PromptSpec(str(manifest.at[r, "caption"]), None,
+                            tag_novelty(scene_from_attributes(manifest.at[r, "attributes"]), seen),
                             {"row": int(r)}) for r in rows]
         return specs, {k: v[torch.tensor(rows)] for k, v in tensors.items()}, manifest.loc[rows].reset_index(drop=True)
 
@@ -393,6 +412,9 @@ def print_report(metrics: dict[str, Any]) -> None:
             for n, part in scene.get("by_count", {}).items():
                 print(f"  {n} object(s), {part['clips']} clips: object all {part['object_all']:.3f}, "
                       f"all correct {part['all_correct']:.3f}")
+            for tag, part in scene.get("by_novelty", {}).items():
+                print(f"  objects unseen as {tag}: {part['objects']}, " + ", ".join(
+                    f"{a} {part[a]:.2f}" for a in (*scene["attributes"], "object_all")))
         ceiling = group.get("scene_through_vaes", {})
         if "status" not in ceiling and ceiling:
             print(f"  real clips through the VAEs: object all {ceiling['object_all']:.3f}, all correct "

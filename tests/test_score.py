@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from tasks.evaluate import evaluate
+from tasks.evaluate import evaluate, seen_pairs, tag_novelty
 from tasks.params import load_params
 from tasks.preprocess import frame_times
 from tasks.prepare import prepare
@@ -159,6 +159,30 @@ def test_scores_are_also_given_per_object_count():
     assert result["by_count"]["1"]["clips"] == result["by_count"]["2"]["clips"] == 1
     assert result["by_count"]["1"]["all_correct"] == 1.0 and result["by_count"]["2"]["all_correct"] == 0.0
     assert result["all_correct"] == 0.5
+
+
+def test_held_out_objects_are_tagged_with_the_compositions_training_never_shows():
+    """by_novelty needs every held-out (color, shape) and (shape, motion) pair tagged, and seen ones not."""
+    specs = world("events").plan(600, 0, 0.0)
+    scene = lambda s: s.scene(TIMES, lambda o, t: (0.5, 0.5))    # noqa: E731 - positions play no part here
+    seen = seen_pairs(scene(s) for s in specs if s.split == "train")
+    for s in (s for s in specs if s.split == "val"):
+        for obj, tagged in zip(s.objects, tag_novelty(scene(s), seen)["objects"]):
+            tags = tagged["novelty"].split("+")
+            assert ("color_shape" in tags) == ((obj.color, obj.shape) in SPLITS["val"]["color_shape"])
+            assert ("shape_motion" in tags) == ((obj.shape, obj.motion) in SPLITS["val"]["shape_motion"])
+
+
+def test_scores_are_also_given_per_novelty_tag():
+    one = next(s for s in world("events").plan(60, 3, 0.0) if len(s.objects) == 1)
+    frames, audio, scene = rendered(one)
+    analyses = [analyse_clip(frames, audio, SR, TIMES)] * 2
+    wrong = {**scene, "objects": [{**scene["objects"][0], "color": "none-such", "novelty": "color_shape"}]}
+    right = {**scene, "objects": [{**scene["objects"][0], "novelty": "seen"}]}
+    result = score_set(analyses, [right, wrong], PERIOD)
+    assert result["by_novelty"]["seen"]["object_all"] == 1.0 and result["by_novelty"]["seen"]["objects"] == 1
+    assert result["by_novelty"]["color_shape"]["object_all"] == 0.0
+    assert "by_novelty" not in score_set(analyses[:1], [scene], PERIOD)
 
 
 # --- broken clips are never correct --------------------------------------------------------------

@@ -154,15 +154,31 @@ def majority_baseline(expected: Sequence[dict[str, Any]], attributes: Sequence[s
     return out
 
 
+def by_novelty(scores: Sequence[ClipScore], expected: Sequence[dict[str, Any]],
+               attributes: Sequence[str] = ATTRIBUTES) -> dict[str, Any]:
+    """Per-object scores grouped by each expected object's "novelty" tag (which of its attribute pairs
+    training never showed, e.g. "color_shape", or "seen"): tells binding failures from drawing ones."""
+    groups: dict[str, list[dict[str, bool]]] = {}
+    for s, e in zip(scores, expected):
+        for r, o in zip(s.objects, e["objects"]):
+            groups.setdefault(str(o.get("novelty", "untagged")), []).append(r)
+    return {tag: {"objects": len(rs), **{a: float(np.mean([r[a] for r in rs])) for a in attributes},
+                  "object_all": float(np.mean([all(r[a] for a in attributes) for r in rs]))}
+            for tag, rs in sorted(groups.items())}
+
+
 def score_set(analyses: Sequence[ClipAnalysis], expected: Sequence[dict[str, Any]], frame_period: float,
               attributes: Sequence[str] = ATTRIBUTES, seed: int = 0) -> dict[str, Any]:
-    """The set's scores, with the majority guess and a shuffled-prompt score (each clip against another prompt)."""
+    """The set's scores, with the majority guess and a shuffled-prompt score (each clip against another prompt);
+    `by_novelty` too where the expected objects carry a "novelty" tag."""
     scores = [score_clip(a, e, frame_period, attributes) for a, e in zip(analyses, expected)]
     out = summarise(scores, attributes)
     out["by_count"] = {}
     for n in sorted({len(e["objects"]) for e in expected}):   # one- and two-object scenes fail differently
         part = summarise([s for s, e in zip(scores, expected) if len(e["objects"]) == n], attributes)
         out["by_count"][str(n)] = {k: part[k] for k in ("clips", *attributes, "object_all", "all_correct")}
+    if any("novelty" in o for e in expected for o in e["objects"]):
+        out["by_novelty"] = by_novelty(scores, expected, attributes)
     if len(expected) > 1:
         order = list(range(len(expected)))
         random.Random(seed).shuffle(order)
