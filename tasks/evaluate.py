@@ -84,7 +84,7 @@ def tag_novelty(scene: dict[str, Any] | None, seen: set) -> dict[str, Any] | Non
     """A copy of `scene` whose objects carry "novelty": the attribute pairs training never showed, or "seen"."""
     if scene is None:
         return None
-    objects = [{**o, "novelty": "+".join(f"{a}_{b}" for a, b in NOVELTY_PAIRS if (a, b, o.get(a), o.get(b)) not in seen)
+    objects = [{**o, "novelty": " and ".join(f"{a}_{b}" for a, b in NOVELTY_PAIRS if (a, b, o.get(a), o.get(b)) not in seen)
                 or "seen"} for o in scene["objects"]]
     return {**scene, "objects": objects}
 

@@ -168,7 +168,7 @@ def test_held_out_objects_are_tagged_with_the_compositions_training_never_shows(
     seen = seen_pairs(scene(s) for s in specs if s.split == "train")
     for s in (s for s in specs if s.split == "val"):
         for obj, tagged in zip(s.objects, tag_novelty(scene(s), seen)["objects"]):
-            tags = tagged["novelty"].split("+")
+            tags = tagged["novelty"].split(" and ")
             assert ("color_shape" in tags) == ((obj.color, obj.shape) in SPLITS["val"]["color_shape"])
             assert ("shape_motion" in tags) == ((obj.shape, obj.motion) in SPLITS["val"]["shape_motion"])
 
