@@ -1,0 +1,66 @@
+"""What a checkpoint draws for each expected object of a split: absent, a blob, or which shape.
+
+    scripts/env.sh python bench/drawn_objects.py --checkpoint CKPT --data DATA [--split val] [--out drawn.tsv]
+
+The scorer says an object's shape is wrong; this says how: its color is not on screen in at least
+90% of the frames (`absent`), no shape fits the blob (`none`), or which shape fits, and whether the
+object is drawn cleanly. One row per (objects in the clip, novelty tag, expected shape, drawn), with
+its count. Generation uses params.yaml's sampler and seed, as `tinyveo evaluate` does.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def drawn(track) -> str:
+    if track is None:
+        return "absent"
+    return track.shape if track.clean else f"{track.shape} (not clean)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data", required=True, help="prepared data folder (tinyveo prepare)")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--out", default=None, help="also write the table here (TSV)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override")
+    args = parser.parse_args()
+
+    from tasks.checkpoint import load_pipeline
+    from tasks.evaluate import split_specs
+    from tasks.params import load_params
+    from tasks.samples import generate_batches, sample_settings
+    from tasks.score import analyse_clip
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", args.set)
+    pipe = load_pipeline(args.checkpoint, None)[0]
+    specs = [s for s in split_specs(args.data, [args.split], params.eval.num_prompts)[args.split][0] if s.attributes]
+    videos = []
+    for _, result in generate_batches(pipe, specs, sample_settings(params.sample), params.seed,
+                                      params.eval.batch_size, progress=True, desc=f"generate {args.split}"):
+        videos += list(result.video)
+    times = np.arange(videos[0].shape[1]) * (params.cache.window_s / videos[0].shape[1])
+    silence = np.zeros(params.cache.sample_rate)        # only the picture is analysed here
+    rows: Counter = Counter()
+    for video, spec in zip(videos, specs):
+        tracks = analyse_clip(video.permute(1, 2, 3, 0).numpy(), silence, params.cache.sample_rate, times).tracks
+        objects = spec.attributes["objects"]
+        for obj in objects:
+            rows[(len(objects), obj.get("novelty", "untagged"), obj["shape"], drawn(tracks.get(obj["color"])))] += 1
+    lines = ["count\tobjects_in_clip\tnovelty\texpected_shape\tdrawn"]
+    lines += ["\t".join(map(str, (n, *key))) for key, n in sorted(rows.items())]
+    print("\n".join(lines))
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
