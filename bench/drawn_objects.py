@@ -37,6 +37,7 @@ def main() -> None:
     from tasks.checkpoint import load_pipeline
     from tasks.evaluate import split_specs
     from tasks.params import load_params
+    from tasks.preprocess import frame_times
     from tasks.samples import generate_batches, sample_settings
     from tasks.score import analyse_clip
 
@@ -47,7 +48,7 @@ def main() -> None:
     for _, result in generate_batches(pipe, specs, sample_settings(params.sample), params.seed,
                                       params.eval.batch_size, progress=True, desc=f"generate {args.split}"):
         videos += list(result.video)
-    times = np.arange(videos[0].shape[1]) * (params.cache.window_s / videos[0].shape[1])
+    times = frame_times(videos[0].shape[1], params.cache.window_s)
     silence = np.zeros(params.cache.sample_rate)        # only the picture is analysed here
     rows: Counter = Counter()
     for video, spec in zip(videos, specs):

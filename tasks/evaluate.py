@@ -75,16 +75,21 @@ class EvalSet:
 SplitItems = tuple[list[PromptSpec], dict[str, torch.Tensor], Any]   # prompts, their cached tensors, manifest rows
 
 
+def pair_keys(obj: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
+    """(attribute, attribute, value, value) for each of NOVELTY_PAIRS."""
+    return [(a, b, obj.get(a), obj.get(b)) for a, b in NOVELTY_PAIRS]
+
+
 def seen_pairs(scenes) -> set[tuple[str, str, Any, Any]]:
-    """Every (attribute, attribute, value, value) of NOVELTY_PAIRS that some object of `scenes` shows."""
-    return {(a, b, o.get(a), o.get(b)) for scene in scenes if scene for o in scene["objects"] for a, b in NOVELTY_PAIRS}
+    """Every pair key that some object of `scenes` shows."""
+    return {key for scene in scenes if scene for o in scene["objects"] for key in pair_keys(o)}
 
 
 def tag_novelty(scene: dict[str, Any] | None, seen: set) -> dict[str, Any] | None:
     """A copy of `scene` whose objects carry "novelty": the attribute pairs training never showed, or "seen"."""
     if scene is None:
         return None
-    objects = [{**o, "novelty": " and ".join(f"{a}_{b}" for a, b in NOVELTY_PAIRS if (a, b, o.get(a), o.get(b)) not in seen)
+    objects = [{**o, "novelty": " and ".join(f"{key[0]}_{key[1]}" for key in pair_keys(o) if key not in seen)
                 or "seen"} for o in scene["objects"]]
     return {**scene, "objects": objects}
 
@@ -413,7 +418,7 @@ def print_report(metrics: dict[str, Any]) -> None:
                 print(f"  {n} object(s), {part['clips']} clips: object all {part['object_all']:.3f}, "
                       f"all correct {part['all_correct']:.3f}")
             for tag, part in scene.get("by_novelty", {}).items():
-                print(f"  objects unseen as {tag}: {part['objects']}, " + ", ".join(
+                print(f"  novelty {tag}, {part['objects']} objects: " + ", ".join(
                     f"{a} {part[a]:.2f}" for a in (*scene["attributes"], "object_all")))
         ceiling = group.get("scene_through_vaes", {})
         if "status" not in ceiling and ceiling:

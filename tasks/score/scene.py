@@ -120,12 +120,17 @@ def _rate(hits: int, total: int) -> float | None:
     return hits / total if total else None
 
 
-def summarise(scores: Sequence[ClipScore], attributes: Sequence[str] = ATTRIBUTES) -> dict[str, Any]:
-    objects = [r for s in scores for r in s.objects]
-    out: dict[str, Any] = {"clips": len(scores), "objects": len(objects)}
+def object_rates(objects: Sequence[dict[str, bool]], attributes: Sequence[str] = ATTRIBUTES) -> dict[str, Any]:
+    """How many objects, each attribute's share correct, and the share with every attribute correct."""
+    out: dict[str, Any] = {"objects": len(objects)}
     for a in attributes:
         out[a] = float(np.mean([r[a] for r in objects])) if objects else None
     out["object_all"] = float(np.mean([all(r[a] for a in attributes) for r in objects])) if objects else None
+    return out
+
+
+def summarise(scores: Sequence[ClipScore], attributes: Sequence[str] = ATTRIBUTES) -> dict[str, Any]:
+    out: dict[str, Any] = {"clips": len(scores), **object_rates([r for s in scores for r in s.objects], attributes)}
     out["count"] = float(np.mean([s.count_ok for s in scores])) if scores else None
     out["all_correct"] = float(np.mean([s.all_correct for s in scores])) if scores else None
     offsets = [o for s in scores for o in s.offsets_ms]
@@ -162,9 +167,7 @@ def by_novelty(scores: Sequence[ClipScore], expected: Sequence[dict[str, Any]],
     for s, e in zip(scores, expected):
         for r, o in zip(s.objects, e["objects"]):
             groups.setdefault(str(o.get("novelty", "untagged")), []).append(r)
-    return {tag: {"objects": len(rs), **{a: float(np.mean([r[a] for r in rs])) for a in attributes},
-                  "object_all": float(np.mean([all(r[a] for a in attributes) for r in rs]))}
-            for tag, rs in sorted(groups.items())}
+    return {tag: object_rates(rs, attributes) for tag, rs in sorted(groups.items())}
 
 
 def score_set(analyses: Sequence[ClipAnalysis], expected: Sequence[dict[str, Any]], frame_period: float,
