@@ -4,8 +4,10 @@
 
 The scorer says an object's shape is wrong; this says how: its color is not on screen in at least
 90% of the frames (`absent`), no shape fits the blob (`none`), or which shape fits, and whether the
-object is drawn cleanly. One row per (objects in the clip, novelty tag, expected shape, drawn), with
-its count. Generation uses params.yaml's sampler and seed, as `tinyveo evaluate` does.
+object is drawn cleanly. `tinyveo evaluate` reports the kinds as `drawn` counts (right, messy,
+wrong_shape, blob, absent); this adds which shape was fitted. One row per (objects in the clip,
+novelty tag, expected shape, drawn), with its count. Generation uses params.yaml's sampler and
+seed, as `tinyveo evaluate` does.
 """
 from __future__ import annotations
 

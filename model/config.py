@@ -64,6 +64,7 @@ class DenoiserConfig:
     text_refiner_depth: int = 2   # self-attention layers over the caption tokens
     caption_in_adaln: bool = True # the pooled caption also conditions adaLN; False: only the caption tokens
     self_condition: bool = False  # also read the previous clean-latent estimate (base only)
+    attention: str = "full"       # full | factorised: video tokens attend within a frame and across frames, alternately
     is_upsampler: bool = derived(False)
     video_latent_shape: tuple[int, int, int, int] = derived((4, 16, 16, 16))  # (C, F, H, W)
     audio_latent_shape: tuple[int, int] = derived((8, 16))                    # (C, L); unused by the upsampler
@@ -73,6 +74,10 @@ class DenoiserConfig:
     image_feature_dim: int = derived(0)   # CLIP image feature width; 0 when the backend has none
     max_text_tokens: int = derived(48)
     video_seconds: float = derived(2.0)   # both modalities span the same window: shared time positions
+
+    def __post_init__(self) -> None:
+        if self.attention not in ("full", "factorised"):
+            raise ValueError(f"denoiser attention must be full or factorised, got {self.attention!r}")
 
     @property
     def video_grid(self) -> tuple[int, int, int]:

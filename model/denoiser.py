@@ -203,10 +203,18 @@ class PatchTransformer(nn.Module):
         if not config.is_upsampler:
             tables["audio"] = audio_positions(config.audio_tokens, d)
         # Derived from the config, so not saved with the weights.
-        self.register_buffer("pos_embed", TokenLayout.from_config(config).concat(tables, dim=0).unsqueeze(0),
-                             persistent=False)
+        layout = TokenLayout.from_config(config)
+        self.register_buffer("pos_embed", layout.concat(tables, dim=0).unsqueeze(0), persistent=False)
+        self.register_buffer("order", None, persistent=False)  # factorised: a permutation putting video last
+        grid, axes = None, [None] * config.depth
+        if config.attention == "factorised":
+            gt, gh, gw = config.video_grid
+            grid, axes = (gt, gh * gw), [("space", "time")[i % 2] for i in range(config.depth)]
+            video = range(len(layout))[layout.slice("video")]
+            order = [i for i in range(len(layout)) if i not in video] + list(video)
+            self.register_buffer("order", torch.tensor(order), persistent=False)
         self.transformer_blocks = nn.ModuleList(
-            [TransformerBlock(d, config.heads, config.mlp_ratio) for _ in range(config.depth)]
+            [TransformerBlock(d, config.heads, config.mlp_ratio, grid if axis else None, axis) for axis in axes]
         )
 
     def forward(self, x: torch.Tensor, cond_emb: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -215,10 +223,18 @@ class PatchTransformer(nn.Module):
         Positions masked in every row (caption padding past the batch's longest caption, the image
         group of a batch without input images) are left out of the blocks: the mask hides them as
         keys and only video and audio tokens are read out, so the result is the same with fewer
-        tokens. Their rows are returned as they came in."""
+        tokens. Their rows are returned as they came in. With factorised attention the blocks see the
+        video tokens last (`order`), where `factorised_attention` groups them; the output is in layout order."""
         if x.shape[1] != self.pos_embed.shape[1]:
             raise ValueError(f"token sequence of {x.shape[1]} does not match the configured {self.pos_embed.shape[1]}")
         x = x + self.pos_embed
+        if self.order is not None:
+            x = self._blocks(x.index_select(1, self.order), cond_emb,
+                             None if mask is None else mask.index_select(1, self.order))
+            return torch.empty_like(x).index_copy_(1, self.order, x)
+        return self._blocks(x, cond_emb, mask)
+
+    def _blocks(self, x: torch.Tensor, cond_emb: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         kept = None
         if mask is not None:
             used = mask.any(0)

@@ -414,6 +414,8 @@ def print_report(metrics: dict[str, Any]) -> None:
                 cells = [scene.get(key), base.get("majority", {}).get(key), base.get("shuffled", {}).get(key)]
                 print(f"  {key:<12}" + "".join(f"{'-' if v is None else f'{v:.3f}':>{w}}" for v, w in zip(cells, (8, 10, 10))))
             print(f"  sync: {json.dumps(scene['sync'])}")
+            if scene.get("drawn"):
+                print("  objects drawn: " + ", ".join(f"{kind.replace('_', ' ')} {n}" for kind, n in scene["drawn"].items()))
             for n, part in scene.get("by_count", {}).items():
                 print(f"  {n} object(s), {part['clips']} clips: object all {part['object_all']:.3f}, "
                       f"all correct {part['all_correct']:.3f}")

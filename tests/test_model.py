@@ -9,6 +9,7 @@ from model import (
     base_denoiser_loss, from_params, make_noise_scheduler, sample_latents, upsampler_loss,
 )
 from model.denoiser import PatchTransformer
+from model.layers import factorised_attention
 
 
 def random_context(batch: int, tokens: int, dim: int = 384, seed: int = 0, valid: int | None = None) -> TextEmbedding:
@@ -365,6 +366,46 @@ def test_caption_word_order_reaches_the_condition(tiny_params):
     padded = tokens.clone()
     padded[:, 6:] = 100.0
     assert torch.allclose(refiner(padded, mask)[1], pooled, atol=1e-5)
+
+
+@pytest.mark.parametrize("axis", ["space", "time"])
+def test_factorised_attention_is_full_attention_restricted_to_frame_or_place(axis):
+    g = torch.Generator().manual_seed(0)
+    others, (t, s), b, h, dh = 7, (3, 5), 2, 2, 8
+    n = others + t * s
+    q, k, v = (torch.randn(b, h, n, dh, generator=g) for _ in range(3))
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[0, 2], mask[1, 5:7] = False, False          # caption padding, different per row
+    allowed = torch.ones(n, n, dtype=torch.bool)     # non-video queries see everything
+    frame, place = torch.arange(t * s) // s, torch.arange(t * s) % s
+    same = frame[:, None] == frame[None, :] if axis == "space" else place[:, None] == place[None, :]
+    allowed[others:, others:] = same                 # video queries: every non-video key, their own group
+    scores = (q * dh ** -0.5) @ k.transpose(-1, -2)
+    expected = scores.masked_fill(~(allowed[None, None] & mask[:, None, None, :]), float("-inf")).softmax(-1) @ v
+    assert torch.allclose(factorised_attention(q, k, v, mask, (t, s), axis), expected, atol=1e-5)
+
+
+def test_factorised_denoiser_keeps_a_space_block_within_its_frame(tiny_params):
+    # One block (a "space" block): the video prediction for one token frame depends on the noisy
+    # video of that frame only, and on the caption and audio; with full attention, on every frame.
+    def frames_changed(attention: str) -> list[bool]:
+        params = tiny_params.replace("denoiser.base.video_patch", [4, 2, 2]).replace("denoiser.base.attention", attention)
+        cfg = from_params(params)
+        torch.manual_seed(0)
+        model = _perturbed(JointDenoisingTransformer(cfg.base)).eval()
+        video, audio, t, ctx = base_inputs(cfg)
+        bumped = video.clone()
+        bumped[:, :, 4:8] += 1.0                      # latent frames 4-7: the second token frame
+        a, b = model(video, audio, t, ctx)[0], model(bumped, audio, t, ctx)[0]
+        return [not torch.allclose(a[:, :, i:i + 4], b[:, :, i:i + 4], atol=1e-6) for i in range(0, 16, 4)]
+
+    assert frames_changed("factorised") == [False, True, False, False]
+    assert frames_changed("full") == [True, True, True, True]
+
+
+def test_unknown_attention_is_an_error(tiny_params):
+    with pytest.raises(ValueError, match="full or factorised"):
+        from_params(tiny_params.replace("denoiser.base.attention", "windowed"))
 
 
 def test_caption_in_adaln_false_conditions_through_the_tokens_only(tiny_params):

@@ -185,6 +185,25 @@ def test_scores_are_also_given_per_novelty_tag():
     assert "by_novelty" not in score_set(analyses[:1], [scene], PERIOD)
 
 
+def test_every_expected_object_is_told_how_it_was_drawn():
+    frames, audio, scene = rendered(one_object("left-to-right"))
+    obj = scene["objects"][0]
+    other = next(shape for shape in SHAPES if shape != obj["shape"])
+    analysis = analyse_clip(frames, audio, SR, TIMES)
+    def blurred(sigma: float):
+        out = np.stack([ndimage.gaussian_filter(f.astype(np.float32), (sigma, sigma, 0)) for f in frames])
+        return analyse_clip(out.astype(np.uint8), audio, SR, TIMES)
+
+    cases = {"right": (analysis, obj), "wrong_shape": (analysis, {**obj, "shape": other}),
+             "absent": (analysis, {**obj, "color": "none-such"}),
+             "messy": (blurred(1.0), obj),          # the shape still fits, the edge is soft
+             "blob": (blurred(4.0), obj)}           # no shape fits
+    for kind, (a, o) in cases.items():
+        assert score_clip(a, {**scene, "objects": [o]}, PERIOD).drawn == [kind], kind
+    result = score_set([a for a, _ in cases.values()], [{**scene, "objects": [o]} for _, o in cases.values()], PERIOD)
+    assert result["drawn"] == {"right": 1, "messy": 1, "wrong_shape": 1, "blob": 1, "absent": 1}
+
+
 # --- broken clips are never correct --------------------------------------------------------------
 
 def test_noise_and_specks_are_no_objects():

@@ -16,6 +16,7 @@ MIN_PRESENT = 0.9          # an object is in at least this share of the frames (
 MIN_SHAPE_SHARE = 0.8      # ... and shows its shape in at least this share of them
 MAX_BAD_FRAMES = 0.1       # frames with a split object or stray pixels allowed
 ATTRIBUTES = ("color", "shape", "motion", "pitch")
+DRAWN = ("right", "messy", "wrong_shape", "blob", "absent")   # how an expected object was drawn (`drawn_as`)
 
 
 @dataclass
@@ -66,9 +67,26 @@ def analyse_clip(frames: np.ndarray, audio: np.ndarray, sample_rate: int, times:
     return ClipAnalysis(tracks, count, analyse_sound(audio, sample_rate))
 
 
+def drawn_as(track: Track | None, shape: str) -> str:
+    """How an object asked to be `shape` was drawn: absent (its color in under MIN_PRESENT of the frames),
+    blob (no shape fits), wrong_shape, messy (the right shape, not clean or not sharp) or right."""
+    if track is None:
+        return "absent"
+    if track.shape == "none":
+        return "blob"
+    if track.shape != shape:
+        return "wrong_shape"
+    return "right" if track.clean and track.sharp else "messy"
+
+
+def drawn_counts(drawn: Sequence[str]) -> dict[str, int]:
+    return {kind: sum(d == kind for d in drawn) for kind in DRAWN}
+
+
 @dataclass
 class ClipScore:
     objects: list[dict[str, bool]] = field(default_factory=list)   # per expected object: attribute -> correct
+    drawn: list[str] = field(default_factory=list)                 # per expected object: `drawn_as`
     count_ok: bool = False
     sound_ok: bool = False
     impacts: int = 0               # visual impacts of objects that should bounce
@@ -107,6 +125,7 @@ def score_clip(analysis: ClipAnalysis, expected: dict[str, Any], frame_period: f
             score.offsets_ms += [1000 * min(abs(v - a) for a in heard) for v in visual if heard]
             result["events"] = bool(visual) and matched_v == len(visual) and matched_a == len(heard)
         score.objects.append(result)
+        score.drawn.append(drawn_as(track, obj["shape"]))
     gliders = {o["pitch"] for o in expected["objects"] if o["motion"] != "bounce"}
     bouncers = {o["pitch"] for o in expected["objects"] if o["motion"] == "bounce"}
     score.count_ok = analysis.count == len(expected["objects"])
@@ -133,6 +152,7 @@ def summarise(scores: Sequence[ClipScore], attributes: Sequence[str] = ATTRIBUTE
     out: dict[str, Any] = {"clips": len(scores), **object_rates([r for s in scores for r in s.objects], attributes)}
     out["count"] = float(np.mean([s.count_ok for s in scores])) if scores else None
     out["all_correct"] = float(np.mean([s.all_correct for s in scores])) if scores else None
+    out["drawn"] = drawn_counts([d for s in scores for d in s.drawn])
     offsets = [o for s in scores for o in s.offsets_ms]
     impacts, onsets = sum(s.impacts for s in scores), sum(s.onsets for s in scores)
     out["sync"] = {"visual_impacts": impacts, "audio_onsets": onsets,
@@ -163,11 +183,12 @@ def by_novelty(scores: Sequence[ClipScore], expected: Sequence[dict[str, Any]],
                attributes: Sequence[str] = ATTRIBUTES) -> dict[str, Any]:
     """Per-object scores grouped by each expected object's "novelty" tag (which of its attribute pairs
     training never showed, e.g. "color_shape", or "seen"): tells binding failures from drawing ones."""
-    groups: dict[str, list[dict[str, bool]]] = {}
+    groups: dict[str, list[tuple[dict[str, bool], str]]] = {}
     for s, e in zip(scores, expected):
-        for r, o in zip(s.objects, e["objects"]):
-            groups.setdefault(str(o.get("novelty", "untagged")), []).append(r)
-    return {tag: object_rates(rs, attributes) for tag, rs in sorted(groups.items())}
+        for r, d, o in zip(s.objects, s.drawn, e["objects"]):
+            groups.setdefault(str(o.get("novelty", "untagged")), []).append((r, d))
+    return {tag: {**object_rates([r for r, _ in rs], attributes), "drawn": drawn_counts([d for _, d in rs])}
+            for tag, rs in sorted(groups.items())}
 
 
 def score_set(analyses: Sequence[ClipAnalysis], expected: Sequence[dict[str, Any]], frame_period: float,
