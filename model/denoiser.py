@@ -214,7 +214,7 @@ class PatchTransformer(nn.Module):
             order = [i for i in range(len(layout)) if i not in video] + list(video)
             self.register_buffer("order", torch.tensor(order), persistent=False)
         self.transformer_blocks = nn.ModuleList(
-            [TransformerBlock(d, config.heads, config.mlp_ratio, grid if axis else None, axis) for axis in axes]
+            [TransformerBlock(d, config.heads, config.mlp_ratio, grid, axis) for axis in axes]
         )
 
     def forward(self, x: torch.Tensor, cond_emb: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

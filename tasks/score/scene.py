@@ -72,10 +72,8 @@ def drawn_as(track: Track | None, shape: str) -> str:
     blob (no shape fits), wrong_shape, messy (the right shape, not clean or not sharp) or right."""
     if track is None:
         return "absent"
-    if track.shape == "none":
-        return "blob"
     if track.shape != shape:
-        return "wrong_shape"
+        return "blob" if track.shape == "none" else "wrong_shape"
     return "right" if track.clean and track.sharp else "messy"
 
 
@@ -112,7 +110,8 @@ def score_clip(analysis: ClipAnalysis, expected: dict[str, Any], frame_period: f
         bounce = obj["motion"] == "bounce"
         pitch_ok = (obj["pitch"] not in sound.steady and bool(sound.onsets.get(obj["pitch"]))) if bounce \
             else obj["pitch"] in sound.steady
-        result = {"color": found, "shape": found and track.shape == obj["shape"] and track.sharp,
+        drawn = drawn_as(track, obj["shape"])
+        result = {"color": found, "shape": drawn == "right",
                   "motion": found and track.motion == obj["motion"], "pitch": pitch_ok}
         if bounce:
             visual = track.impacts if found and track.motion == "bounce" else []
@@ -125,7 +124,7 @@ def score_clip(analysis: ClipAnalysis, expected: dict[str, Any], frame_period: f
             score.offsets_ms += [1000 * min(abs(v - a) for a in heard) for v in visual if heard]
             result["events"] = bool(visual) and matched_v == len(visual) and matched_a == len(heard)
         score.objects.append(result)
-        score.drawn.append(drawn_as(track, obj["shape"]))
+        score.drawn.append(drawn)
     gliders = {o["pitch"] for o in expected["objects"] if o["motion"] != "bounce"}
     bouncers = {o["pitch"] for o in expected["objects"] if o["motion"] == "bounce"}
     score.count_ok = analysis.count == len(expected["objects"])
