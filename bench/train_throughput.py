@@ -258,8 +258,10 @@ def main() -> None:
         compare_with_reference(load_params(overrides=overrides), Path(args.data), args.compare_steps,
                                profile=args.profile)
         return
-    params = load_params(overrides=[f"train.vae_steps={args.steps}", f"train.denoiser_steps={args.steps}",
-                                    "train.mlflow=false", f"train.checkpoint_every={10**9}", *overrides])
+    # audio_vae_steps null: every VAE step times both VAEs
+    params = load_params(overrides=[f"train.vae_steps={args.steps}", "train.audio_vae_steps=null",
+                                    f"train.denoiser_steps={args.steps}", "train.mlflow=false",
+                                    f"train.checkpoint_every={10**9}", *overrides])
     t = params.train
     with tempfile.TemporaryDirectory() as tmp:
         summary = {"vae": train_vae(args.data, tmp, params, progress=False)}

@@ -237,7 +237,7 @@ def run_train_denoiser(args: argparse.Namespace, params) -> int:
 def run_train(args: argparse.Namespace, params) -> int:
     """The three training steps in order; a --stop-after that ends the VAE stage early stops there."""
     code = run_train_vae(args, params)
-    if code or (args.stop_after is not None and _stage_steps(args.out, "vae") < params.train.vae_steps):
+    if code or (args.stop_after is not None and _stage_steps(args.out, "vae") < params.train.vae_stage_steps):
         return code
     run_encode_latents(args, params)
     return run_train_denoiser(args, params)

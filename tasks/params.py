@@ -114,6 +114,7 @@ class DiffusionParams:
 @dataclass(frozen=True)
 class TrainParams:
     vae_steps: int = 400
+    audio_vae_steps: int | None = 1200
     vae_batch_size: int = 16
     vae_upsampled_batch_size: int = 4
     vae_lr: float = 2e-3
@@ -137,6 +138,11 @@ class TrainParams:
     experiment: str = "tinyveo"
     smoke_steps: int = 30
     smoke_batch_size: int = 4
+
+    @property
+    def vae_stage_steps(self) -> int:
+        """Steps of the VAE stage: the longer of the two VAEs' (audio_vae_steps null: as vae_steps)."""
+        return max(self.vae_steps, self.audio_vae_steps or self.vae_steps)
 
 
 @dataclass(frozen=True)

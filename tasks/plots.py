@@ -32,8 +32,9 @@ def loss_curve_png(losses: list[dict[str, float]], path: Path, title: str) -> No
     """Every logged loss against the step, log scale."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 3))
-    for key in [k for k in losses[0] if k != "step"]:
-        ax.plot([r["step"] for r in losses], [r[key] for r in losses], label=key, linewidth=0.8)
+    for key in [k for k in dict.fromkeys(k for r in losses for k in r) if k != "step"]:
+        points = [(r["step"], r[key]) for r in losses if key in r]   # a loss may stop before the stage
+        ax.plot(*zip(*points), label=key, linewidth=0.8)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_title(title)

@@ -58,6 +58,6 @@ class Tracker:
 
 
 def write_loss_tsv(losses: list[dict[str, float]], path: Path) -> None:
-    keys = list(losses[0]) if losses else ["step"]
-    lines = ["\t".join(keys)] + ["\t".join(str(r[k]) for k in keys) for r in losses]
+    keys = list(dict.fromkeys(k for r in losses for k in r)) or ["step"]  # a loss may stop before the stage
+    lines = ["\t".join(keys)] + ["\t".join(str(r.get(k, "")) for k in keys) for r in losses]
     write_text_atomic(path, "\n".join(lines) + "\n")

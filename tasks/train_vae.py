@@ -1,5 +1,7 @@
 """`tinyveo train-vae`: the VideoVAE (both resolutions, one set of weights) and the AudioVAE, trained
 on the tensor cache with reconstruction + a small KL term (the article never trained its VAEs).
+The AudioVAE may train longer than the VideoVAE (train.audio_vae_steps): the stage then runs on
+with the audio loss alone, each VAE on a warmup/cosine schedule of its own length.
 
 The latent scaling factors are set from the training latents and stored with the weights;
 reconstruction PSNR on held-out clips goes into CKPT/vae/summary.json.
@@ -7,7 +9,7 @@ reconstruction PSNR on held-out clips goes into CKPT/vae/summary.json.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,28 +26,33 @@ from .training import (StageSettings, TrainState, even_shares, finish_stage, fin
 
 def vae_settings(params: Params) -> StageSettings:
     t = params.train
-    return StageSettings(t.vae_steps, t.vae_batch_size, t.vae_lr, t.warmup_steps, t.weight_decay, t.grad_clip,
-                         params.seed, t.checkpoint_every, t.log_every, max_nonfinite_steps=t.max_nonfinite_steps)
+    return StageSettings(t.vae_stage_steps, t.vae_batch_size, t.vae_lr, t.warmup_steps, t.weight_decay,
+                         t.grad_clip, params.seed, t.checkpoint_every, t.log_every,
+                         max_nonfinite_steps=t.max_nonfinite_steps)
 
 
 def vae_loss_fn(modules: dict[str, torch.nn.Module], data: dict[str, torch.Tensor], rows: list[int], cfg,
-                upsampled_batch: int, device):
-    """loss_fn(idx, generator) of the VAE stage over the training `rows` of the cache tensors."""
+                upsampled_batch: int, device, steps: dict[str, int], step: Callable[[], int]):
+    """loss_fn(idx, generator) of the VAE stage over the training `rows` of the cache tensors; a
+    module's loss is computed while `step()` is under its `steps`."""
     def batch(field: str, idx: list[int]) -> torch.Tensor:
         x = data[field][[rows[i] for i in idx]].to(device)
         return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
     def loss_fn(idx: list[int], draws: BatchDraws) -> dict[str, torch.Tensor]:
-        losses = {}
-        # One set of convolutional weights serves both sizes; 64x64 costs ~6x a 32x32 item on CPU,
-        # so each step sees a few upsampled items (the global batch's first) beside the full base batch.
-        n_up, up_draws = draws.take(upsampled_batch)
-        for field, items, gen in (("video_base", idx, draws), ("video_upsampled", idx[:n_up], up_draws)):
-            x = batch(field, items)
-            recon, posterior = modules["video_vae"](x, gen)
-            losses[f"loss_{field}"] = F.mse_loss(recon, x) + cfg.video_vae.kl_weight * posterior.kl()
-        recon_a, target_a, posterior_a = modules["audio_vae"](batch("audio", idx), draws)
-        losses["loss_audio_vae"] = F.l1_loss(recon_a.float(), target_a) + cfg.audio_vae.kl_weight * posterior_a.kl()
+        losses: dict[str, torch.Tensor] = {}
+        if step() < steps["video_vae"]:
+            # One set of convolutional weights serves both sizes; 64x64 costs ~6x a 32x32 item on CPU, so
+            # each step sees a few upsampled items (the global batch's first) beside the full base batch.
+            n_up, up_draws = draws.take(upsampled_batch)
+            for field, items, gen in (("video_base", idx, draws), ("video_upsampled", idx[:n_up], up_draws)):
+                x = batch(field, items)
+                recon, posterior = modules["video_vae"](x, gen)
+                losses[f"loss_{field}"] = F.mse_loss(recon, x) + cfg.video_vae.kl_weight * posterior.kl()
+        if step() < steps["audio_vae"]:
+            recon_a, target_a, posterior_a = modules["audio_vae"](batch("audio", idx), draws)
+            losses["loss_audio_vae"] = (F.l1_loss(recon_a.float(), target_a)
+                                        + cfg.audio_vae.kl_weight * posterior_a.kl())
         return losses
 
     return loss_fn
@@ -86,9 +93,11 @@ def train_vae(data_dir: str | Path, checkpoint: str | Path, params: Params, *, r
         settings, precision = vae_settings(params), training_precision(params.train, dev)
         t = params.train
         even_shares(dist, vae_upsampled_batch_size=min(t.vae_upsampled_batch_size, t.vae_batch_size))
-        state = TrainState.create(modules, len(rows), settings, dist)
+        # The AudioVAE's own length: its round trip keeps onsets only after ~1200 steps (bench/RESULTS.md)
+        steps = {"video_vae": t.vae_steps, "audio_vae": t.audio_vae_steps or t.vae_steps}
+        state = TrainState.create(modules, len(rows), settings, dist, module_steps=steps)
         start_or_resume(state, stage_dir, resume, dist, fingerprint(params, manifest), force_resume)
-        loss_fn = vae_loss_fn(modules, data, rows, cfg, t.vae_upsampled_batch_size, dev)
+        loss_fn = vae_loss_fn(modules, data, rows, cfg, t.vae_upsampled_batch_size, dev, steps, lambda: state.step)
         result = run_loop("vae", state, loss_fn, settings, stage_dir, dist, tracker, stop_after=stop_after,
                           amp=(dev.type, precision), progress=progress)
         result.metrics.update(scale_and_measure(video_vae, audio_vae, data, manifest, rows, dev))

@@ -160,10 +160,18 @@ class TrainState:
     fingerprint: dict[str, Any] = field(default_factory=dict)   # what the run trains on (see `fingerprint`)
 
     @classmethod
-    def create(cls, modules: dict[str, torch.nn.Module], n_items: int, s: StageSettings, dist: Dist) -> "TrainState":
-        params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
-        optimizer = make_optimizer(params, s.lr, s.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(s.warmup, s.steps))
+    def create(cls, modules: dict[str, torch.nn.Module], n_items: int, s: StageSettings, dist: Dist,
+               module_steps: dict[str, int] | None = None) -> "TrainState":
+        """`module_steps`: how many steps each module trains (the stage runs the longest), each module
+        on a warmup/cosine schedule of its own length (one optimizer param group per module)."""
+        if module_steps is None:
+            groups = [[p for m in modules.values() for p in m.parameters() if p.requires_grad]]
+            schedules = [lr_lambda(s.warmup, s.steps)]
+        else:
+            groups = [[p for p in m.parameters() if p.requires_grad] for m in modules.values()]
+            schedules = [lr_lambda(s.warmup, module_steps.get(k, s.steps)) for k in modules]
+        optimizer = make_optimizer([{"params": g} for g in groups], s.lr, s.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
         emas = {k: copy.deepcopy(unwrap(m)).requires_grad_(False) for k, m in modules.items()} if s.ema_decay else {}
         even_shares(dist, batch_size=s.batch_size)
         # One generator and one cursor over the global batch on every rank: see run_loop
@@ -218,9 +226,9 @@ class StageResult:
 
 
 # Keys a resumed run may change: how long it runs and what it logs, not what it computes.
-RESUMABLE_CHANGES = ("train.vae_steps", "train.denoiser_steps", "train.checkpoint_every", "train.log_every",
-                     "train.mlflow", "train.tracking_uri", "train.experiment", "train.device", "train.smoke_steps",
-                     "train.smoke_batch_size")
+RESUMABLE_CHANGES = ("train.vae_steps", "train.audio_vae_steps", "train.denoiser_steps", "train.checkpoint_every",
+                     "train.log_every", "train.mlflow", "train.tracking_uri", "train.experiment", "train.device",
+                     "train.smoke_steps", "train.smoke_batch_size")
 
 
 def code_version() -> str:

@@ -41,8 +41,8 @@ ARTICLE_OVERRIDES = TINY_OVERRIDES + [
 
 # A tiny but complete training run: seconds on 2 CPU cores.
 TRAIN_OVERRIDES = TINY_OVERRIDES + [
-    "train.vae_steps=8", "train.vae_batch_size=4", "train.vae_upsampled_batch_size=2", "train.denoiser_steps=8",
-    "train.batch_size=4", "train.warmup_steps=2", "train.checkpoint_every=4", "train.log_every=2",
+    "train.vae_steps=8", "train.audio_vae_steps=null", "train.vae_batch_size=4", "train.vae_upsampled_batch_size=2",
+    "train.denoiser_steps=8", "train.batch_size=4", "train.warmup_steps=2", "train.checkpoint_every=4", "train.log_every=2",
     "train.mlflow=false", "train.vae_lr=3e-3", "train.lr=2e-3",
 ]
 
@@ -56,7 +56,7 @@ def train(data, out, params, *, stages=("vae", "denoiser"), resume: bool = False
     out_summary = {}
     if "vae" in stages:
         out_summary["vae"] = train_vae(data, out, params, resume=resume, stop_after=stop_after, progress=False)
-        if stop_after is not None and out_summary["vae"]["steps"] < params.train.vae_steps:
+        if stop_after is not None and out_summary["vae"]["steps"] < params.train.vae_stage_steps:
             return out_summary
     if "denoiser" in stages:
         encode_latents(data, out, params)

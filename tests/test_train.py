@@ -75,6 +75,28 @@ def test_resume_ends_with_the_same_weights(data_dir, tmp_path, precision):
             assert all(torch.equal(wa[k], wb[k]) for k in wa), (stage, m)
 
 
+def test_the_audio_vae_trains_on_alone_after_the_video_vae_stops_and_resumes_exactly(data_dir, tmp_path):
+    both = tiny("train.vae_steps=3")
+    longer = tiny("train.vae_steps=3", "train.audio_vae_steps=6")
+    train(data_dir, tmp_path / "both", both, stages=("vae",))
+    summary = train(data_dir, tmp_path / "longer", longer, stages=("vae",))["vae"]
+    train(data_dir, tmp_path / "split", longer, stages=("vae",), stop_after=4)   # resumed in the audio-only part
+    train(data_dir, tmp_path / "split", longer, stages=("vae",), resume=True)
+    assert summary["steps"] == 6
+    ckpt = {name: latest_checkpoint(tmp_path / name / "vae") for name in ("both", "longer", "split")}
+    video = {name: load_weights(c, "video_vae") for name, c in ckpt.items()}
+    audio = {name: load_weights(c, "audio_vae") for name, c in ckpt.items()}
+    assert all(torch.equal(video["both"][k], video["longer"][k]) for k in video["both"])  # stopped at its 3 steps
+    assert not all(torch.equal(audio["both"][k], audio["longer"][k]) for k in audio["both"])
+    for weights in (video, audio):
+        assert all(torch.equal(weights["longer"][k], weights["split"][k]) for k in weights["longer"])
+    losses = json.loads(load_state(ckpt["longer"])["losses"])
+    assert [sorted(r) for r in losses[2:4]] == [["loss_audio_vae", "loss_video_base", "loss_video_upsampled", "step"],
+                                                ["loss_audio_vae", "step"]]
+    table = (tmp_path / "longer" / "vae" / "loss_vae.tsv").read_text().splitlines()
+    assert len(table) == 7 and table[-1].split("\t")[1:3] == ["", ""]   # video columns blank after step 3
+
+
 def test_nan_loss_stops_with_step_and_stage_and_keeps_the_checkpoint(data_dir, tmp_path, monkeypatch):
     params = tiny()
     out = tmp_path / "nan"
