@@ -140,9 +140,14 @@ class TrainParams:
     smoke_batch_size: int = 4
 
     @property
+    def vae_module_steps(self) -> dict[str, int]:
+        """Steps each VAE trains in the VAE stage (audio_vae_steps null: as vae_steps)."""
+        return {"video_vae": self.vae_steps, "audio_vae": self.audio_vae_steps or self.vae_steps}
+
+    @property
     def vae_stage_steps(self) -> int:
-        """Steps of the VAE stage: the longer of the two VAEs' (audio_vae_steps null: as vae_steps)."""
-        return max(self.vae_steps, self.audio_vae_steps or self.vae_steps)
+        """Steps of the VAE stage: the longer of the two VAEs'."""
+        return max(self.vae_module_steps.values())
 
 
 @dataclass(frozen=True)

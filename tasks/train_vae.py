@@ -94,7 +94,7 @@ def train_vae(data_dir: str | Path, checkpoint: str | Path, params: Params, *, r
         t = params.train
         even_shares(dist, vae_upsampled_batch_size=min(t.vae_upsampled_batch_size, t.vae_batch_size))
         # The AudioVAE's own length: its round trip keeps onsets only after ~1200 steps (bench/RESULTS.md)
-        steps = {"video_vae": t.vae_steps, "audio_vae": t.audio_vae_steps or t.vae_steps}
+        steps = t.vae_module_steps
         state = TrainState.create(modules, len(rows), settings, dist, module_steps=steps)
         start_or_resume(state, stage_dir, resume, dist, fingerprint(params, manifest), force_resume)
         loss_fn = vae_loss_fn(modules, data, rows, cfg, t.vae_upsampled_batch_size, dev, steps, lambda: state.step)
