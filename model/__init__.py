@@ -23,7 +23,7 @@ _EXPORTS = {
     "upsampler_loss": "diffusion",
     "CaptionState": "inputs", "DenoiserInputs": "inputs", "TokenLayout": "inputs",
     "GeneratedContent": "pipeline", "TinyVeo": "pipeline", "resize_image": "pipeline",
-    "AudioVAE": "vae", "DiagonalGaussian": "vae", "VideoVAE": "vae",
+    "AudioVAE": "vae", "DiagonalGaussian": "vae", "VideoVAE": "vae", "video_reconstruction_loss": "vae",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -27,6 +27,7 @@ class VideoVAEConfig:
     spatial_downsample: int = 2
     hidden_channels: int = 32
     kl_weight: float = 1e-6
+    motion_weight: float = 10.0  # training loss: moving pixels weigh 1 + this x their distance from the still frame
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,17 @@ class VideoVAE(_LatentScaling):
         return self.decode_unscaled(dist.sample(generator)), dist
 
 
+def video_reconstruction_loss(recon: torch.Tensor, video: torch.Tensor, motion_weight: float = 0.0) -> torch.Tensor:
+    """MSE over (B, 3, F, H, W), each pixel weighted 1 + motion_weight x its distance from the clip's
+    still frame (the per-pixel median over time): small moving objects on a still background
+    otherwise cost almost nothing, and the VideoVAE learns to smear them."""
+    if not motion_weight:
+        return F.mse_loss(recon, video)
+    still = video.median(dim=2, keepdim=True).values
+    moving = (video - still).abs().mean(dim=1, keepdim=True)
+    return ((recon - video).pow(2) * (1.0 + motion_weight * moving)).mean()
+
+
 class AudioVAE(_LatentScaling):
     """Audio autoencoder over a normalised log-mel spectrogram.
 

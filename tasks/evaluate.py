@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import mlflow
 import numpy as np
 import torch
 
@@ -379,6 +378,8 @@ def flatten_numbers(tree: dict[str, Any]) -> dict[str, float]:
 def log_to_mlflow(checkpoint: str | Path, out: Path, metrics: dict[str, Any], params: Params) -> str | None:
     """Log into the denoiser training run of this checkpoint when the tracking store has it (one run
     holds params, losses, metrics and samples for comparison), else into a new `evaluate` run."""
+    import mlflow  # deferred: an untracked evaluation does not pay its import
+
     t = params.train
     tracker = Tracker(True, t.tracking_uri, t.experiment)
     summary = Path(checkpoint) / DENOISER_DIR / "summary.json"

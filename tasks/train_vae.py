@@ -1,5 +1,6 @@
 """`tinyveo train-vae`: the VideoVAE (both resolutions, one set of weights) and the AudioVAE, trained
-on the tensor cache with reconstruction + a small KL term (the article never trained its VAEs).
+on the tensor cache with reconstruction + a small KL term (the article never trained its VAEs); the
+VideoVAE's reconstruction weighs moving pixels up (vae.video.motion_weight).
 The AudioVAE may train longer than the VideoVAE (train.audio_vae_steps): the stage then runs on
 with the audio loss alone, each VAE on a warmup/cosine schedule of its own length.
 
@@ -14,7 +15,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from model import AudioVAE, BatchDraws, VideoVAE, from_params
+from model import AudioVAE, BatchDraws, VideoVAE, from_params, video_reconstruction_loss
 
 from .cache import MultiModalDataset
 from .checkpoint import VAE_DIR, save_vaes
@@ -48,7 +49,8 @@ def vae_loss_fn(modules: dict[str, torch.nn.Module], data: dict[str, torch.Tenso
             for field, items, gen in (("video_base", idx, draws), ("video_upsampled", idx[:n_up], up_draws)):
                 x = batch(field, items)
                 recon, posterior = modules["video_vae"](x, gen)
-                losses[f"loss_{field}"] = F.mse_loss(recon, x) + cfg.video_vae.kl_weight * posterior.kl()
+                recon_loss = video_reconstruction_loss(recon, x, cfg.video_vae.motion_weight)
+                losses[f"loss_{field}"] = recon_loss + cfg.video_vae.kl_weight * posterior.kl()
         if step() < steps["audio_vae"]:
             recon_a, target_a, posterior_a = modules["audio_vae"](batch("audio", idx), draws)
             losses["loss_audio_vae"] = (F.l1_loss(recon_a.float(), target_a)

@@ -213,7 +213,7 @@ def test_a_long_prompts_file_streams_and_a_bad_line_loses_nothing_else(trained_c
     folder.mkdir()
     Image.new("RGB", (32, 32), (10, 200, 10)).save(folder / "ok.png")
     (folder / "broken.png").write_bytes(b"not a png")
-    lines = [{"prompt": f"a red circle moves from left to right, take {i}"} for i in range(40)]
+    lines = [{"prompt": f"a red circle moves from left to right, take {i}"} for i in range(24)]   # 3 batches
     lines[5] = {"prompt": "a green square", "image": "broken.png"}
     lines[6] = {"prompt": "a green square", "image": "ok.png"}
     (folder / "many.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
@@ -236,7 +236,7 @@ def test_a_long_prompts_file_streams_and_a_bad_line_loses_nothing_else(trained_c
     out = capsys.readouterr()
     assert "FAILED (line 6): " in out.out and "broken.png: unreadable image" in out.out
     index = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
-    assert len(index) == 40 and [r["line"] for r in index if "error" in r] == [6]
+    assert len(index) == 24 and [r["line"] for r in index if "error" in r] == [6]
     assert all(Path(r["mp4"]).exists() for r in index if "error" not in r)
     assert index[6]["image"].endswith("ok.png")   # the good image in the bad line's batch still ran
     assert seen[0] == 0 and seen[-1] == 2   # the first batch ran before any image was read

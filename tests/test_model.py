@@ -6,7 +6,7 @@ import torch
 
 from model import (
     AudioVAE, DenoiserInputs, FinalLayer, JointDenoisingTransformer, TextEmbedding, TimestepEmbedding, TransformerBlock, VideoVAE,
-    base_denoiser_loss, from_params, make_noise_scheduler, sample_latents, upsampler_loss,
+    base_denoiser_loss, from_params, make_noise_scheduler, sample_latents, upsampler_loss, video_reconstruction_loss,
 )
 from model.denoiser import PatchTransformer
 from model.layers import factorised_attention
@@ -56,6 +56,19 @@ def test_video_vae_posterior_sample_vs_mode(tiny_params):
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
     assert not torch.equal(vae.encode(video, sample=True, generator=g1), vae.encode(video, sample=True, generator=g2))
     assert float(vae.encode_dist(video).kl()) >= 0.0
+
+
+def test_video_reconstruction_loss_weights_what_moves():
+    video = torch.zeros(1, 3, 8, 8, 8)
+    video[:, :, :, 0, 0] = 0.5                    # a still pixel, lit in every frame
+    video[:, :, 3, 5, 5] = 1.0                    # an object passing one pixel in one frame
+    still_miss, moving_miss = video.clone(), video.clone()
+    still_miss[:, :, 3, 0, 0] = 0.0
+    moving_miss[:, :, 3, 5, 5] = 0.5              # the same squared error, on the moving pixel
+    assert video_reconstruction_loss(still_miss, video) == video_reconstruction_loss(moving_miss, video)
+    assert torch.equal(video_reconstruction_loss(moving_miss, video), torch.nn.functional.mse_loss(moving_miss, video))
+    weighted = video_reconstruction_loss(moving_miss, video, motion_weight=10.0)
+    assert weighted == pytest.approx(11.0 * float(video_reconstruction_loss(still_miss, video, motion_weight=10.0)))
 
 
 def test_scaling_factor_is_saved_with_the_weights(tiny_params):

@@ -18,7 +18,7 @@ from conftest import TRAIN_OVERRIDES, free_port, stop_process_group, synth_clips
 pytestmark = pytest.mark.slow   # real engines and servers: minutes (`pytest -m 'not slow'` skips them)
 
 ROOT = Path(__file__).resolve().parent.parent
-DASK_CLIPS = 64
+DASK_CLIPS = 24
 
 
 def cache_contents(data: Path):

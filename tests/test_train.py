@@ -97,6 +97,20 @@ def test_the_audio_vae_trains_on_alone_after_the_video_vae_stops_and_resumes_exa
     assert len(table) == 7 and table[-1].split("\t")[1:3] == ["", ""]   # video columns blank after step 3
 
 
+def test_the_video_vae_trains_on_the_motion_weighted_loss(data_dir, tmp_path):
+    """vae.video.motion_weight reaches the VAE stage: from the same weights on the same first batch, the
+    loss weights the moving pixels up, and the VideoVAE trains to other weights (the AudioVAE does not)."""
+    runs = {w: tmp_path / f"w{w}" for w in (0, 10)}
+    for w, out in runs.items():
+        train(data_dir, out, tiny("train.vae_steps=2", f"vae.video.motion_weight={w}"), stages=("vae",))
+    ckpt = {w: latest_checkpoint(out / "vae") for w, out in runs.items()}
+    first = {w: json.loads(load_state(c)["losses"])[0] for w, c in ckpt.items()}
+    assert first[10]["loss_video_base"] > first[0]["loss_video_base"]
+    assert first[10]["loss_audio_vae"] == first[0]["loss_audio_vae"]
+    video = {w: load_weights(c, "video_vae") for w, c in ckpt.items()}
+    assert not all(torch.equal(video[0][k], video[10][k]) for k in video[0])
+
+
 def test_nan_loss_stops_with_step_and_stage_and_keeps_the_checkpoint(data_dir, tmp_path, monkeypatch):
     params = tiny()
     out = tmp_path / "nan"
@@ -174,16 +188,27 @@ def straight_denoiser(prepared_data, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def stopped_denoiser(prepared_data, straight_denoiser, tmp_path_factory):
+    """The straight run's VAE + latents, and its denoiser stage stopped after step 4 (checkpoints 2 and 4)."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("stopped")
+    for stage in ("vae", "latents"):
+        shutil.copytree(straight_denoiser / stage, out / stage)
+    assert train_denoiser_cli(prepared_data, out, "--stop-after", "4") == 0
+    return out
+
+
 @pytest.mark.parametrize("point", ["checkpoint", "latest", "loss_denoiser.tsv", "summary.json"])
-def test_kill_at_a_write_point_keeps_the_previous_file_and_resume_is_exact(data_dir, straight_denoiser, tmp_path, point):
+def test_kill_at_a_write_point_keeps_the_previous_file_and_resume_is_exact(data_dir, straight_denoiser,
+                                                                           stopped_denoiser, tmp_path, point):
     """kill -9 at a named write point (fault injection, not timing): the reader sees the previous
     complete file, and resuming ends with the weights of the run that was never interrupted."""
     import shutil
 
     out = tmp_path / "run"
-    for stage in ("vae", "latents"):
-        shutil.copytree(straight_denoiser / stage, out / stage)
-    assert train_denoiser_cli(data_dir, out, "--stop-after", "4") == 0   # steps 1-4, checkpoints 2 and 4
+    shutil.copytree(stopped_denoiser, out)   # each kill starts from its own copy of the run stopped at step 4
     stage = out / "denoiser"
     before = {name: (stage / name).read_bytes() for name in ("summary.json", "loss_denoiser.tsv", "latest")}
     assert train_denoiser_cli(data_dir, out, "--resume", fault=point) == -signal.SIGKILL
