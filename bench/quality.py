@@ -9,7 +9,7 @@ prompts, with the shuffled-prompt baseline beside, and VAE reconstruction PSNR, 
 --curve-from CKPT: quality vs training minutes of one default run. The denoiser stage is trained
 from CKPT's VAE and latents in chunks of --curve-every steps (resume is exact, so the chunks are one
 run with the full-length LR schedule), and the splits in eval.splits are scored after each chunk.
-Writes curve.tsv, curve.png and curve.json into --out; the minutes are training wall clock (the VAE
+Writes curve/<split>.tsv, curve.png and curve.json into --out; the minutes are training wall clock (the VAE
 stage as recorded in CKPT, plus the denoiser chunks so far), evaluation time excluded.
 
     scripts/env.sh python bench/quality.py --compare-curves out/A out/B --out levers.png   # side by side
@@ -61,41 +61,18 @@ def reference_metrics(model, specs, cache, params, batch: int, seed: int) -> dic
     return {"scene": acc, "vae_reconstruction": rec}
 
 
-CURVE_KEYS = ("color", "shape", "motion", "pitch", "count", "all_correct")
-
-
 def curve_rows(minutes: float, step: int, metrics: dict) -> list[dict]:
-    rows = []
-    for split, group in metrics["splits"].items():
-        scene = group["scene"]
-        rows.append({"minutes": round(minutes, 2), "step": step, "split": split,
-                     **{k: scene[k] for k in CURVE_KEYS}, "sync_recall": scene["sync"]["recall"],
-                     "sync_precision": scene["sync"]["precision"],
-                     "shuffled_all_correct": scene["baselines"]["shuffled"]["all_correct"]})
-    return rows
+    from tasks.evaluate import curve_row
+
+    return [curve_row(minutes, step, split, group["scene"]) for split, group in metrics["splits"].items()]
 
 
 def write_curve(out: Path, rows: list[dict], title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """tinyveo evaluate's curve files (curve/<split>.tsv, curve.png) and curve.json for --compare-curves."""
+    from tasks.evaluate import write_curve as write_curve_files
 
-    keys = list(rows[0])
-    lines = ["\t".join(keys)] + ["\t".join("" if r[k] is None else str(r[k]) for k in keys) for r in rows]
-    (out / "curve.tsv").write_text("\n".join(lines) + "\n")
+    write_curve_files(out, rows, title)
     (out / "curve.json").write_text(json.dumps(rows, indent=1) + "\n")
-    splits = sorted({r["split"] for r in rows})
-    fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 3.6), squeeze=False)
-    for ax, split in zip(axes[0], splits):
-        mine = [r for r in rows if r["split"] == split]
-        for key in (*CURVE_KEYS, "sync_recall", "sync_precision"):
-            ax.plot([r["minutes"] for r in mine], [r[key] or 0.0 for r in mine], marker="o", label=key)
-        ax.set(title=f"{split}: {title}", xlabel="training minutes", ylim=(0, 1.02))
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    fig.savefig(out / "curve.png", dpi=110)
-    plt.close(fig)
 
 
 def compare_curves(folders: list[str], out: Path, split: str = "val") -> None:
@@ -109,7 +86,8 @@ def compare_curves(folders: list[str], out: Path, split: str = "val") -> None:
     for folder in folders:
         rows = [r for r in json.loads((Path(folder) / "curve.json").read_text()) if r["split"] == split]
         for ax, key in zip(axes, keys):
-            ax.plot([r["step"] for r in rows], [r[key] or 0.0 for r in rows], marker="o", label=Path(folder).name)
+            steps = [r.get("steps", r.get("step")) for r in rows]   # "step" in curves written before 2026-12-07
+            ax.plot(steps, [r[key] or 0.0 for r in rows], marker="o", label=Path(folder).name)
     for ax, key in zip(axes, keys):
         ax.set(title=f"{split} {key}", xlabel="denoiser steps", ylim=(0, 1.02))
         ax.grid(alpha=0.3)
@@ -172,7 +150,9 @@ def main() -> None:
         compare_curves(args.compare_curves, Path(args.out))
         return
 
-    params = load_params(overrides=[*args.set, "train.mlflow=false"])
+    # the curve scores each chunk here, so its run keeps no snapshots for evaluate to score again
+    no_snapshots = ["train.snapshot_every=null"] if args.curve_from else []
+    params = load_params(overrides=[*args.set, "train.mlflow=false", *no_snapshots])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seed = params.seed

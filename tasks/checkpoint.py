@@ -7,6 +7,7 @@ summary.json: one folder per stage, so each is a separate DVC output.
 Layout of one stage folder (CKPT_DIR/<stage>/):
     step-000500/  weights (*.safetensors) + state.pt   a complete checkpoint
     latest        the name of the newest complete checkpoint folder
+    snapshots/step-0003000/  EMA weights + meta.json (step, training seconds): kept for the quality curve
 A checkpoint is written into a temporary folder, renamed into place, and only then named in
 `latest` (itself replaced atomically), so a kill -9 at any moment leaves the previous one loadable.
 """
@@ -19,6 +20,7 @@ import json
 import os
 import shutil
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -84,11 +86,57 @@ def folder_lock(folder: str | Path) -> Iterator[None]:
 
 
 def clear_checkpoints(stage_dir: str | Path) -> None:
-    """Remove every checkpoint of a stage folder (complete, half-written, and the pointer)."""
+    """Remove every checkpoint of a stage folder (complete, half-written, snapshots, and the pointer)."""
     stage_dir = Path(stage_dir)
-    for old in list(stage_dir.glob("step-*")) + list(stage_dir.glob(".step-*.tmp")):
+    for old in list(stage_dir.glob("step-*")) + list(stage_dir.glob(".step-*.tmp")) + [stage_dir / SNAPSHOTS_DIR]:
         shutil.rmtree(old, ignore_errors=True)
     (stage_dir / "latest").unlink(missing_ok=True)
+
+
+SNAPSHOTS_DIR = "snapshots"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """EMA weights kept at one step of a stage, for the quality-vs-minutes curve."""
+
+    step: int
+    seconds: float    # the stage's training wall clock up to this step, over every resumed run
+    folder: Path
+
+
+def save_snapshot(stage_dir: str | Path, step: int, seconds: float,
+                  weights: dict[str, dict[str, torch.Tensor]]) -> Path:
+    """STAGE/snapshots/step-N/: `weights` (module -> tensors) and meta.json, renamed into place complete."""
+    final = Path(stage_dir) / SNAPSHOTS_DIR / f"step-{step:07d}"
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for module, tensors in weights.items():
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / f"{module}.safetensors"))
+    (tmp / "meta.json").write_text(json.dumps({"step": step, "seconds": round(seconds, 1)}) + "\n", encoding="utf-8")
+    for f in tmp.iterdir():
+        fsync_path(f)
+    fsync_path(tmp, directory=True)
+    shutil.rmtree(final, ignore_errors=True)   # a replayed step after a resume: the same weights again
+    os.replace(tmp, final)
+    return final
+
+
+def list_snapshots(stage_dir: str | Path) -> list[Snapshot]:
+    """The stage's complete snapshots, oldest first."""
+    out = []
+    for folder in sorted((Path(stage_dir) / SNAPSHOTS_DIR).glob("step-*")):
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        out.append(Snapshot(int(meta["step"]), float(meta["seconds"]), folder))
+    return out
+
+
+def drop_snapshots_after(stage_dir: str | Path, step: int) -> None:
+    """On resume from `step`: snapshots of the interrupted run past it are not this run's."""
+    for snap in list_snapshots(stage_dir):
+        if snap.step > step:
+            shutil.rmtree(snap.folder, ignore_errors=True)
 
 
 def latest_checkpoint(stage_dir: str | Path) -> Path | None:
@@ -197,8 +245,9 @@ def training_summaries(checkpoint: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def load_pipeline(checkpoint: str | Path, device: str | None = None):
-    """A trained checkpoint folder -> (TinyVeo with the EMA denoisers, the params it was trained with)."""
+def load_pipeline(checkpoint: str | Path, device: str | None = None, snapshot: Snapshot | None = None):
+    """A trained checkpoint folder -> (TinyVeo with the EMA denoisers, the params it was trained with);
+    with `snapshot`, the EMA denoisers of that earlier step instead of the latest checkpoint's."""
     ckpt = Path(checkpoint)
     params, saved = read_config(ckpt)
     config_path = ckpt / DENOISER_DIR / "config.json"
@@ -209,7 +258,7 @@ def load_pipeline(checkpoint: str | Path, device: str | None = None):
                         f"the configured {params.conditioning.backend} encoder gives {encoder.text_dim}-d")
     cfg = from_params(params, context_dim=encoder.text_dim, image_feature_dim=encoder.image_dim)
     video_vae, audio_vae = load_vaes(ckpt, cfg, "cpu")
-    folder = latest_checkpoint(ckpt / DENOISER_DIR)
+    folder = snapshot.folder if snapshot is not None else latest_checkpoint(ckpt / DENOISER_DIR)
     if folder is None:
         raise UserError(f"{ckpt / DENOISER_DIR}: no denoiser checkpoint (run `tinyveo train-denoiser`)")
     base, upsampler = JointDenoisingTransformer(cfg.base), JointDenoisingTransformer(cfg.upsampler)

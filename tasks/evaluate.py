@@ -21,11 +21,14 @@ computed", "reason": ...}: scene scores, CLIP score (local CLIP weights only), i
 input image; scored on motion and pitch only, which the first frame does not give away), VAE
 reconstruction (test clips), and the scene scores of the split's real clips through both VAEs (the
 ceiling of any denoiser on them). LPIPS says which backbone ran: offline a random one is a plumbing check.
+With --data, the denoiser's snapshots (`train.snapshot_every`) are scored too, into the
+quality-vs-minutes curve (`quality_curve`).
 """
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -36,11 +39,11 @@ import torch
 from model import ConditioningEncoder, resize_image
 
 from .cache import MultiModalDataset
-from .checkpoint import DENOISER_DIR, load_pipeline, write_json
+from .checkpoint import DENOISER_DIR, list_snapshots, load_pipeline, training_summaries, write_json
 from .media import write_text_atomic
 from .metrics import clip_score, color_statistics, lpips_distance, psnr, ssim
 from .params import Params, flatten
-from .plots import ACCURACY_COLUMNS, accuracy_png, samples_grid_png
+from .plots import ACCURACY_COLUMNS, accuracy_png, quality_curve_png, samples_grid_png
 from .runtime import UserError
 from .samples import PromptSpec, generate_batches, load_image, read_prompts, sample_settings, slug, write_sample
 from .score import ATTRIBUTES, score_tensors
@@ -114,9 +117,11 @@ def split_specs(data_dir: str | Path, splits, limit: int) -> dict[str, SplitItem
     return {split: items(rows) for split, rows in chosen.items()}
 
 
-def generate_t2v(run: EvalSet, progress: bool) -> None:
-    """Every text-only prompt once (or, with --reference, the real clip); the first few saved."""
+def generate_t2v(run: EvalSet, progress: bool, saved: int | None = None) -> None:
+    """Every text-only prompt once (or, with --reference, the real clip); the first `saved`
+    (default eval.num_saved_samples) written to the samples folder."""
     e = run.params.eval
+    saved = e.num_saved_samples if saved is None else saved
     if run.pipe is None:
         run.videos = [v.float() / 255 for v in run.cache["video_upsampled"]]
         run.audios = [a[0].float().numpy() for a in run.cache["audio"]]
@@ -127,7 +132,7 @@ def generate_t2v(run: EvalSet, progress: bool) -> None:
         for row, spec in enumerate(group):
             run.videos.append(result.video[row])
             run.audios.append(result.audio[row].numpy())
-            if len(run.videos) <= e.num_saved_samples:
+            if len(run.videos) <= saved:
                 write_sample(run.samples_dir, f"{run.name}-t2v-{len(run.videos):02d}-{slug(spec.prompt)}",
                              result.video[row], result.audio[row], result.sample_rate, result.fps, spec.prompt)
 
@@ -269,7 +274,8 @@ def evaluate(checkpoint: str | Path | None, out: str | Path, params: Params, *, 
              prompts: str | Path | None = None, reference: bool = False, device: str | None = None,
              progress: bool = True, track: bool | None = None, allow_outside: bool = False) -> dict[str, Any]:
     """Generate (or, with `reference`, take the real clips), score, write OUT/metrics.json (numbers),
-    details.json (all), scores.tsv, accuracy.png, samples_grid.png, samples/, and log to MLflow.
+    details.json (all), scores.tsv, accuracy.png, samples_grid.png, samples/, the quality curve
+    (curve/<split>.tsv and curve.png, with `data`), and log to MLflow.
     One group per split in `eval.splits` (with `data`) or one for `prompts`."""
     if (data is None) == (prompts is None):
         raise UserError("give exactly one of --data DATA_DIR or --prompts FILE")
@@ -294,10 +300,47 @@ def evaluate(checkpoint: str | Path | None, out: str | Path, params: Params, *, 
         metrics["splits"][run.name] = group
         if run.name == "test" or run.name == "prompts":
             metrics["vae_reconstruction"] = vae_metrics(run)
+    if not reference and data is not None:
+        metrics["curve"] = quality_curve(checkpoint, data, params, settings, metrics, device, progress)
     write_outputs(out, metrics, grid)
     if not reference and (track if track is not None else params.train.mlflow):
         log_to_mlflow(checkpoint, out, metrics, params)
     return json.loads(json.dumps(metrics))
+
+
+CURVE_KEYS = ("color", "shape", "motion", "pitch", "count", "all_correct")
+
+
+def curve_row(minutes: float, steps: int, split: str, scene: dict[str, Any]) -> dict[str, Any]:
+    """One point of the quality-vs-minutes curve. `steps`, not `step`: DVC plots own that name."""
+    return {"minutes": round(minutes, 2), "steps": steps, "split": split, **{k: scene[k] for k in CURVE_KEYS},
+            "sync_recall": scene["sync"]["recall"], "sync_precision": scene["sync"]["precision"],
+            "shuffled_all_correct": scene["baselines"]["shuffled"]["all_correct"]}
+
+
+def quality_curve(checkpoint: str | Path, data: str | Path, params: Params, settings: dict[str, Any],
+                  metrics: dict[str, Any], device: str | None, progress: bool) -> list[dict[str, Any]]:
+    """Quality against training minutes: each denoiser snapshot (`train.snapshot_every`) before the
+    final step, its splits generated and scored like the final checkpoint's (scene scores only, no
+    samples kept), then the final checkpoint's own figures from `metrics`. Minutes are the VAE
+    stage's and the denoiser's training wall clock up to that step (evaluation not counted)."""
+    summaries = training_summaries(checkpoint)
+    if "denoiser" not in summaries:
+        return []
+    vae_s = summaries.get("vae", {}).get("seconds_total", summaries.get("vae", {}).get("seconds", 0.0))
+    final = summaries["denoiser"]
+    groups = split_specs(data, params.eval.splits, params.eval.num_prompts)
+    rows = []
+    for snap in [s for s in list_snapshots(Path(checkpoint) / DENOISER_DIR) if s.step < final["steps"]]:
+        pipe = load_pipeline(checkpoint, device, snapshot=snap)[0]
+        for split, (specs, cache, manifest) in groups.items():
+            run = EvalSet(split, pipe, params, settings, specs, Path(), cache, manifest)
+            generate_t2v(run, progress, saved=0)
+            rows.append(curve_row((vae_s + snap.seconds) / 60, snap.step, split, scene_metrics(run)))
+    final_minutes = (vae_s + final.get("seconds_total", final["seconds"])) / 60
+    rows += [curve_row(final_minutes, final["steps"], split, group["scene"])
+             for split, group in metrics["splits"].items() if "status" not in group.get("scene", {})]
+    return rows
 
 
 def _groups(pipe, params: Params, settings: dict[str, Any], out: Path, data, prompts, allow_outside: bool = False):
@@ -363,10 +406,25 @@ def write_outputs(out: Path, metrics: dict[str, Any], grid: tuple[list, list[str
                                                               sync.get("offset_ms_mean_abs")]
             lines.append(f"{split}\t{kind}\t" + "\t".join("" if v is None else f"{v:.4f}" for v in cells))
     write_text_atomic(out / "scores.tsv", "\n".join(lines) + "\n")
+    write_curve(out, metrics.get("curve", []))
     write_json(out / "details.json", json.loads(json.dumps(metrics)))
     write_json(out / "metrics.json", headline(metrics))
     accuracy_png(metrics["splits"], out / "accuracy.png")
     samples_grid_png(*grid, out / "samples_grid.png")
+
+
+def write_curve(out: Path, rows: list[dict[str, Any]], title: str = "quality vs training minutes") -> None:
+    """OUT/curve/<split>.tsv (a DVC plot each: minutes against every score) and OUT/curve.png."""
+    shutil.rmtree(out / "curve", ignore_errors=True)   # a split no longer evaluated leaves no old file
+    if not rows:
+        return
+    (out / "curve").mkdir(parents=True)
+    keys = [k for k in rows[0] if k != "split"]
+    for split in dict.fromkeys(r["split"] for r in rows):
+        lines = ["\t".join(keys)] + ["\t".join("" if r[k] is None else str(r[k]) for k in keys)
+                                     for r in rows if r["split"] == split]
+        write_text_atomic(out / "curve" / f"{split}.tsv", "\n".join(lines) + "\n")
+    quality_curve_png(rows, CURVE_KEYS + ("sync_recall", "sync_precision"), out / "curve.png", title)
 
 
 def flatten_numbers(tree: dict[str, Any]) -> dict[str, float]:
@@ -392,12 +450,16 @@ def log_to_mlflow(checkpoint: str | Path, out: Path, metrics: dict[str, Any], pa
         groups = params.to_dict()
         sample_eval = {"sample": groups["sample"], "eval": groups["eval"]}
         mlflow.log_params({f"eval_{k}": str(v)[:500] for k, v in flatten(sample_eval).items()})
-        mlflow.log_metrics(flatten_numbers({k: v for k, v in metrics.items() if k != "sampling"}))
-        for name in ("metrics.json", "details.json", "scores.tsv", "accuracy.png", "samples_grid.png"):
+        mlflow.log_metrics(flatten_numbers({k: v for k, v in metrics.items() if k not in ("sampling", "curve")}))
+        for row in metrics.get("curve", []):   # MLflow's own chart of each score against the step
+            mlflow.log_metrics({f"curve.{row['split']}.{k}": float(row[k]) for k in (*CURVE_KEYS, "minutes")
+                                if row[k] is not None}, step=row["steps"])
+        for name in ("metrics.json", "details.json", "scores.tsv", "accuracy.png", "samples_grid.png", "curve.png"):
             if (out / name).exists():
                 mlflow.log_artifact(str(out / name), "evaluation")
-        if (out / "samples").is_dir():
-            mlflow.log_artifacts(str(out / "samples"), "evaluation/samples")
+        for folder in ("samples", "curve"):
+            if (out / folder).is_dir():
+                mlflow.log_artifacts(str(out / folder), f"evaluation/{folder}")
         return run.info.run_id
 
 
@@ -434,4 +496,7 @@ def print_report(metrics: dict[str, Any]) -> None:
                   f"generated vs real: {rgb}")
         for key in ("clip_score", "i2v"):
             print(f"  {key}: {json.dumps(group.get(key))}")
+        for row in [r for r in metrics.get("curve", []) if r["split"] == split]:
+            print(f"  curve: step {row['steps']} ({row['minutes']:.1f} min): " + ", ".join(
+                f"{k} {row[k]:.2f}" for k in CURVE_KEYS))
     print(f"vae_reconstruction: {json.dumps(metrics.get('vae_reconstruction'))}")

@@ -128,6 +128,7 @@ class TrainParams:
     ema_decay: float = 0.995
     max_nonfinite_steps: int = 10
     checkpoint_every: int = 250
+    snapshot_every: int | None = 3000
     log_every: int = 25
     device: str | None = None
     precision: str = "auto"

@@ -1,5 +1,6 @@
 """The pictures the stages write beside their numbers: loss curves (training), per-attribute
-accuracy and a sample grid (evaluation). PNG files, written atomically; matplotlib runs headless."""
+accuracy, the quality-vs-minutes curve and a sample grid (evaluation). PNG files, written
+atomically; matplotlib runs headless."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,6 +40,22 @@ def loss_curve_png(losses: list[dict[str, float]], path: Path, title: str) -> No
     ax.set_xlabel("step")
     ax.set_title(title)
     ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def quality_curve_png(rows: list[dict[str, Any]], keys: Sequence[str], path: Path, title: str) -> None:
+    """One panel per split: each score in `keys` against the training minutes of its point."""
+    plt = _pyplot()
+    splits = list(dict.fromkeys(r["split"] for r in rows))
+    fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 3.6), squeeze=False)
+    for ax, split in zip(axes[0], splits):
+        mine = [r for r in rows if r["split"] == split]
+        for key in keys:
+            ax.plot([r["minutes"] for r in mine], [r[key] or 0.0 for r in mine], marker="o", label=key)
+        ax.set(title=f"{split}: {title}", xlabel="training minutes", ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     _save(fig, path)
 

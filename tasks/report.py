@@ -4,7 +4,7 @@
 
 The page shows the scores per split beside the real clips' (the scorer's ceiling) and the baselines,
 the training summaries, the plots the stages wrote (loss curves, per-attribute accuracy, the sample
-grid, and the quality-vs-minutes curve when bench/quality.py wrote one to OUTPUTS/quality), and the
+grid, and the quality-vs-minutes curve of the denoiser's snapshots), and the
 generated clips with their sound. Links are relative, so the folder can be copied or served as is.
 What a run has not produced yet is named on the page, with the command that makes it.
 """
@@ -92,7 +92,7 @@ def plots_section(outputs: Path, page_dir: Path) -> str:
              (outputs / "train" / "loss_denoiser.png", "denoiser stage losses"),
              (outputs / "eval" / "accuracy.png", "per-attribute accuracy, model vs baselines"),
              (outputs / "eval" / "samples_grid.png", "evaluation samples, frames over time"),
-             (outputs / "quality" / "curve.png", "quality vs training minutes (bench/quality.py --curve-from)")]
+             (outputs / "eval" / "curve.png", "quality vs training minutes (the denoiser's snapshots, then its end)")]
     shown = [_img(page_dir, p, c) for p, c in plots if p.exists()]
     absent = [c for p, c in plots if not p.exists()]
     out = "<h2>Plots</h2>" + "".join(shown)

@@ -2,7 +2,8 @@
 (video, from the low-res latent with noise-conditioning augmentation), on the encoded latents.
 
 DDPM schedule from params, condition dropout, image-to-video conditioning for i2v items, AdamW +
-warmup + cosine LR + grad clipping, EMA weights (what sampling uses).
+warmup + cosine LR + grad clipping, EMA weights (what sampling uses), kept every
+`train.snapshot_every` steps for evaluate's quality-vs-minutes curve.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def denoiser_settings(params: Params) -> StageSettings:
     t = params.train
     return StageSettings(t.denoiser_steps, t.batch_size, t.lr, t.warmup_steps, t.weight_decay, t.grad_clip,
                          params.seed + 1, t.checkpoint_every, t.log_every, t.ema_decay,
-                         max_nonfinite_steps=t.max_nonfinite_steps)
+                         max_nonfinite_steps=t.max_nonfinite_steps, snapshot_every=t.snapshot_every)
 
 
 def upsampler_items(params: Params, batch: int) -> int:

@@ -28,8 +28,8 @@ from tqdm import tqdm
 from model.draws import BatchDraws
 from model.precision import autocast, autocast_dtype
 
-from .checkpoint import (clear_checkpoints, folder_lock, latest_checkpoint, load_module, load_state,
-                         recorded_bf16_speedup, save_checkpoint, write_stage_files)
+from .checkpoint import (clear_checkpoints, drop_snapshots_after, folder_lock, latest_checkpoint, load_module,
+                         load_state, recorded_bf16_speedup, save_checkpoint, save_snapshot, write_stage_files)
 from .params import flatten
 from .runtime import UserError, pick_device, seed_everything, source_digest
 from .plots import loss_curve_png
@@ -142,6 +142,7 @@ class StageSettings:
     log_every: int
     ema_decay: float | None = None
     max_nonfinite_steps: int = 10   # non-finite steps in a row (skipped) before the stage stops
+    snapshot_every: int | None = None   # keep the EMA weights every this many steps (the quality curve)
 
 
 @dataclass
@@ -157,6 +158,7 @@ class TrainState:
     step: int = 0
     losses: list[dict[str, float]] = field(default_factory=list)
     skipped: int = 0                 # steps skipped for a non-finite loss or gradient norm
+    seconds: float = 0.0             # training wall clock before this process (resumed runs)
     fingerprint: dict[str, Any] = field(default_factory=dict)   # what the run trains on (see `fingerprint`)
 
     @classmethod
@@ -196,8 +198,10 @@ class TrainState:
         self.cursor = BatchCursor(c.n, c.batch, c.seed, state["epoch"], state["pos"])
         self.step, self.losses = int(state["step"]), json.loads(state["losses"])
         self.skipped = int(state.get("skipped", 0))
+        self.seconds = float(state.get("seconds", 0.0))
 
-    def save(self, stage_dir: Path, dist: Dist) -> None:
+    def save(self, stage_dir: Path, dist: Dist, seconds: float = 0.0) -> None:
+        """A checkpoint of the stage; `seconds`: its training wall clock so far, over every run."""
         if dist.main:
             weights = {k: unwrap(m).state_dict() for k, m in self.modules.items()}
             weights.update({f"{k}_ema": e.state_dict() for k, e in self.emas.items()})
@@ -211,6 +215,7 @@ class TrainState:
                 "rng": [self.generator.get_state()], "epoch": self.cursor.epoch, "pos": self.cursor.pos,
                 "losses": json.dumps(self.losses),
                 "skipped": self.skipped, "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
+                "seconds": seconds,
             })
         if dist.world > 1:
             td.barrier()
@@ -222,13 +227,14 @@ class StageResult:
     steps: int
     losses: list[dict[str, float]]
     metrics: dict[str, float]
-    seconds: float
+    seconds: float          # this process's training wall clock
+    seconds_total: float    # over every run of the stage (resumed ones too)
 
 
 # Keys a resumed run may change: how long it runs and what it logs, not what it computes.
 RESUMABLE_CHANGES = ("train.vae_steps", "train.audio_vae_steps", "train.denoiser_steps", "train.checkpoint_every",
-                     "train.log_every", "train.mlflow", "train.tracking_uri", "train.experiment", "train.device",
-                     "train.smoke_steps", "train.smoke_batch_size")
+                     "train.snapshot_every", "train.log_every", "train.mlflow", "train.tracking_uri", "train.experiment",
+                     "train.device", "train.smoke_steps", "train.smoke_batch_size")
 
 
 def code_version() -> str:
@@ -289,6 +295,8 @@ def start_or_resume(state: TrainState, stage_dir: Path, resume: bool, dist: Dist
         raise UserError(f"{folder}: cannot resume, the run changed since this checkpoint: {listed}. "
                         "Run without --resume for a fresh run (the old one is moved aside), or pass --resume-anyway")
     state.load(folder, saved_state)
+    if dist.main:
+        drop_snapshots_after(stage_dir, state.step)
 
 
 def even_shares(dist: Dist, **sub_batches: int) -> None:
@@ -321,6 +329,10 @@ def run_loop(name: str, state: TrainState, loss_fn: Callable[[list[int], BatchDr
     """The training loop of every stage; `amp` is (device type, autocast dtype or None for fp32)."""
     start, first = time.perf_counter(), state.step
     last = min(s.steps, state.step + stop_after if stop_after is not None else s.steps)
+
+    def seconds() -> float:
+        return state.seconds + time.perf_counter() - start
+
     bar = tqdm(total=s.steps, initial=state.step, desc=name, unit="step", disable=not (progress and dist.main))
     for m in state.modules.values():
         m.train()
@@ -353,12 +365,15 @@ def run_loop(name: str, state: TrainState, loss_fn: Callable[[list[int], BatchDr
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
             tracker.metrics({**record, "lr": state.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                              "samples_per_s": rate}, state.step)
+        if s.snapshot_every and state.step % s.snapshot_every == 0 and dist.main:
+            save_snapshot(stage_dir, state.step, seconds(), {f"{k}_ema": e.state_dict() for k, e in state.emas.items()})
         if state.step % s.checkpoint_every == 0 or state.step == s.steps:
-            state.save(stage_dir, dist)
+            state.save(stage_dir, dist, seconds())
     if state.step < s.steps and state.step % s.checkpoint_every:
-        state.save(stage_dir, dist)  # an early stop (--stop-after) still leaves a checkpoint to resume from
+        state.save(stage_dir, dist, seconds())  # an early stop (--stop-after) still leaves a checkpoint to resume from
     bar.close()
-    return StageResult(name, state.step, state.losses, {"skipped_steps": state.skipped}, time.perf_counter() - start)
+    return StageResult(name, state.step, state.losses, {"skipped_steps": state.skipped}, time.perf_counter() - start,
+                       seconds())
 
 
 @functools.lru_cache(maxsize=None)
@@ -448,6 +463,7 @@ def finish_stage(stage_dir: Path, result: StageResult, params, manifest, tracker
     last = {k: v for k, v in (result.losses[-1] if result.losses else {}).items() if k != "step"}
     summary = {"dataset_hash": dataset_hash(manifest), "items": len(manifest), "stage": result.name,
                "steps": result.steps, "seconds": round(result.seconds, 1),
+               "seconds_total": round(result.seconds_total, 1),
                "precision": "fp32" if precision is None else "bf16", **last, **result.metrics, "run_id": tracker.run_id}
     if result.losses:
         write_loss_tsv(result.losses, stage_dir / f"loss_{result.name}.tsv")

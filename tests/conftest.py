@@ -43,7 +43,7 @@ ARTICLE_OVERRIDES = TINY_OVERRIDES + [
 TRAIN_OVERRIDES = TINY_OVERRIDES + [
     "train.vae_steps=8", "train.audio_vae_steps=null", "train.vae_batch_size=4", "train.vae_upsampled_batch_size=2",
     "train.denoiser_steps=8", "train.batch_size=4", "train.warmup_steps=2", "train.checkpoint_every=4",
-    "train.log_every=2", "train.mlflow=false", "train.vae_lr=3e-3", "train.lr=2e-3",
+    "train.snapshot_every=4", "train.log_every=2", "train.mlflow=false", "train.vae_lr=3e-3", "train.lr=2e-3",
 ]
 
 

@@ -122,7 +122,7 @@ def test_report_page_shows_scores_plots_and_clips_in_chromium(trained_checkpoint
         page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
         b.close()
     loaded = {Path(src).name for src, width in images if width > 0}
-    assert {"loss_vae.png", "loss_denoiser.png", "accuracy.png", "samples_grid.png"} <= loaded, images
+    assert {"loss_vae.png", "loss_denoiser.png", "accuracy.png", "samples_grid.png", "curve.png"} <= loaded, images
     clips = sorted(str(p.relative_to(outputs)) for p in outputs.rglob("*.mp4"))
     assert len(clips) >= 1 + 2 * 2 and sorted(videos) == clips   # generate's, then 2 t2v per split and the i2v
     assert f"{numbers['test']['all_correct']:.3f}" in text

@@ -103,6 +103,10 @@ def test_dvc_repro_runs_every_stage_then_only_what_changed(project):
     precision.write_text(precision.read_text().removesuffix("\n# edited\n"))
     shown = sh(["dvc", "metrics", "show"], root, env)
     assert "test.all_correct" in shown and "outputs/eval/metrics.json" in shown
+    plots = json.loads(sh(["dvc", "plots", "show", "--json"], root, env))["data"]
+    curve = plots["outputs/eval/curve/test.tsv"][0]["content"]   # the 10-step run: snapshots 4 and 8, then 10
+    assert curve["encoding"]["x"]["field"] == "minutes"
+    assert sorted({int(v["steps"]) for v in curve["data"]["values"]}) == [4, 8, 10]
     assert_metrics_are_numbers_only(root)
     rows = list(csv.DictReader(io.StringIO(sh(["dvc", "exp", "show", "--no-pager", "--csv"], root, env))))
     steps = {row["train.denoiser_steps"] for row in rows if row["Experiment"]}
@@ -160,8 +164,14 @@ def test_mlflow_ui_compares_the_two_pipeline_runs(project):
         steps = {next(p["value"] for p in r["data"]["params"] if p["key"] == "train.denoiser_steps") for r in pair}
         assert len(steps) == 2, steps
         for r in pair:
-            files = api(f"artifacts/list?run_id={r['info']['run_id']}&path=evaluation/samples")["files"]
+            run_id = r["info"]["run_id"]
+            files = api(f"artifacts/list?run_id={run_id}&path=evaluation/samples")["files"]
             assert any(f["path"].endswith(".mp4") for f in files)
+            curve = api(f"metrics/get-history?run_id={run_id}&metric_key=curve.test.all_correct")["metrics"]
+            last = int(next(p["value"] for p in r["data"]["params"] if p["key"] == "train.denoiser_steps"))
+            assert sorted(p["step"] for p in curve) == ([4, 8] if last == 8 else [4, 8, last]), curve
+            files = api(f"artifacts/list?run_id={run_id}&path=evaluation")["files"]
+            assert {"evaluation/curve.png", "evaluation/curve"} <= {f["path"] for f in files}
         names = [r["info"]["run_name"] for r in pair]
         assert names[0] != names[1]
 

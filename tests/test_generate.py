@@ -295,17 +295,36 @@ def test_formats_are_checked(trained_checkpoint, tmp_path, capsys):
     assert "--formats: gif; choose from mp4, wav, png" in err
 
 
-def test_evaluate_reports_every_metric(trained_checkpoint, prepared_data, tiny_clip_dir, tmp_path):
+def test_evaluate_reports_every_metric(trained_checkpoint, prepared_data, tiny_clip_dir, tmp_path, monkeypatch):
+    import tasks.evaluate
     from tasks.evaluate import evaluate
 
+    loaded = []
+
+    def spy(checkpoint, device=None, snapshot=None):
+        loaded.append(snapshot)
+        return load_pipeline(checkpoint, device, snapshot)
+
+    monkeypatch.setattr(tasks.evaluate, "load_pipeline", spy)
     params = load_params(overrides=FAST + [f"eval.clip_path={tiny_clip_dir}"])
     m = evaluate(trained_checkpoint, tmp_path / "eval", params, data=prepared_data, progress=False, track=False)
+    # the quality curve: snapshot 4 generated and scored, then the final step 8's own figures
+    assert [None if s is None else s.step for s in loaded] == [None, 4]
+    assert [(r["split"], r["steps"]) for r in m["curve"]] == [("val", 4), ("test", 4), ("val", 8), ("test", 8)]
+    for row in m["curve"][2:]:
+        scene = m["splits"][row["split"]]["scene"]
+        assert all(row[k] == scene[k] for k in ("color", "shape", "motion", "pitch", "count", "all_correct"))
+    assert 0 < m["curve"][0]["minutes"] < m["curve"][2]["minutes"]
+    for split in ("val", "test"):
+        lines = (tmp_path / "eval" / "curve" / f"{split}.tsv").read_text().splitlines()
+        assert lines[0].split("\t")[:2] == ["minutes", "steps"]
+        assert [ln.split("\t")[1] for ln in lines[1:]] == ["4", "8"]
     assert json.loads((tmp_path / "eval" / "details.json").read_text()) == json.loads(json.dumps(m))
     numbers = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(numbers) == {"val", "test", "vae"} and numbers["test"]["all_correct"] == m["splits"]["test"]["scene"]["all_correct"]
     assert all(type(v) in (int, float) for group in numbers.values() for v in group.values())
     assert numbers["test"]["clip_score"] == m["splits"]["test"]["clip_score"]["torchmetrics"]
-    for png in ("accuracy.png", "samples_grid.png"):
+    for png in ("accuracy.png", "samples_grid.png", "curve.png"):
         with Image.open(tmp_path / "eval" / png) as im:
             assert im.width > 400 and im.height > 200, png
     assert list(m["splits"]) == ["val", "test"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.checkpoint import latest_checkpoint, load_state, load_weights
+from tasks.checkpoint import latest_checkpoint, list_snapshots, load_state, load_weights
 from tasks.params import load_params
 from tasks.training import NonFiniteLossError
 
@@ -226,6 +226,34 @@ def test_kill_at_a_write_point_keeps_the_previous_file_and_resume_is_exact(data_
     for module in ("base", "upsampler", "base_ema", "upsampler_ema"):
         wa, wb = load_weights(a, module), load_weights(b, module)
         assert all(torch.equal(wa[k], wb[k]) for k in wa), module
+
+
+def test_snapshots_hold_the_ema_weights_and_a_resume_drops_the_interrupted_runs_later_ones(
+        data_dir, straight_denoiser, stopped_denoiser, tmp_path):
+    """train.snapshot_every=4 of 8 steps: snapshots 4 and 8 hold the EMA weights of their step and
+    the training seconds up to it; resuming from step 4 drops a snapshot the interrupted run left past
+    it, and the training seconds carry over the resume."""
+    import shutil
+
+    snaps = list_snapshots(straight_denoiser / "denoiser")
+    assert [s.step for s in snaps] == [4, 8]
+    stopped_at_4 = latest_checkpoint(stopped_denoiser / "denoiser")   # the same run up to step 4
+    for snap, ckpt in ((snaps[0], stopped_at_4), (snaps[1], latest_checkpoint(straight_denoiser / "denoiser"))):
+        for module in ("base", "upsampler"):
+            kept, ema, raw = (load_weights(snap.folder, f"{module}_ema"), load_weights(ckpt, f"{module}_ema"),
+                              load_weights(ckpt, module))
+            assert all(torch.equal(kept[k], ema[k]) for k in ema), (snap.step, module)
+            assert not all(torch.equal(kept[k], raw[k]) for k in raw), (snap.step, module)
+    summary = json.loads((straight_denoiser / "denoiser" / "summary.json").read_text())
+    assert 0 < snaps[0].seconds < snaps[1].seconds <= summary["seconds_total"]
+
+    out = tmp_path / "run"
+    shutil.copytree(stopped_denoiser, out)
+    shutil.copytree(snaps[1].folder, out / "denoiser" / "snapshots" / snaps[1].folder.name)   # left by a killed run
+    assert train_denoiser_cli(data_dir, out, "--resume", "--stop-after", "2") == 0
+    assert [s.step for s in list_snapshots(out / "denoiser")] == [4]
+    resumed = load_state(latest_checkpoint(out / "denoiser"))
+    assert resumed["step"] == 6 and resumed["seconds"] > load_state(stopped_at_4)["seconds"]
 
 
 def test_bf16_killed_at_a_checkpoint_and_resumed_ends_as_the_uninterrupted_run(data_dir, straight_denoiser, tmp_path):
