@@ -22,7 +22,7 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -36,26 +36,32 @@ from .params import Params, ParamsError
 from .runtime import UserError, pick_device
 
 
-def save_checkpoint(stage_dir: str | Path, step: int, weights: dict[str, dict[str, torch.Tensor]],
-                    state: dict[str, Any], keep: int = 2) -> Path:
-    stage_dir = Path(stage_dir)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:07d}"
-    tmp = stage_dir / f".{name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+def _write_weights_folder(final: Path, weights: dict[str, dict[str, torch.Tensor]], extra: Callable[[Path], None],
+                         point: str | None = None) -> Path:
+    """FINAL/<module>.safetensors for each of `weights` plus what `extra(tmp)` writes, fsynced under a
+    temporary name and only then renamed into place (a replaced FINAL is removed first)."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     for module, tensors in weights.items():
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / f"{module}.safetensors"))
-    torch.save(state, tmp / "state.pt")
+    extra(tmp)
     for f in tmp.iterdir():
         fsync_path(f)
     fsync_path(tmp, directory=True)
-    fault_point("checkpoint")  # the new checkpoint complete under its temporary name
-    final = stage_dir / name
-    if final.exists():
-        shutil.rmtree(final)
+    if point:
+        fault_point(point)  # complete under its temporary name
+    shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    return final
+
+
+def save_checkpoint(stage_dir: str | Path, step: int, weights: dict[str, dict[str, torch.Tensor]],
+                    state: dict[str, Any], keep: int = 2) -> Path:
+    stage_dir = Path(stage_dir)
+    name = f"step-{step:07d}"
+    final = _write_weights_folder(stage_dir / name, weights, lambda tmp: torch.save(state, tmp / "state.pt"),
+                                 "checkpoint")
     write_text_atomic(stage_dir / "latest", name + "\n")  # only now is the new checkpoint the one resumed
     for old in sorted(p for p in stage_dir.glob("step-*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -107,20 +113,11 @@ class Snapshot:
 
 def save_snapshot(stage_dir: str | Path, step: int, seconds: float,
                   weights: dict[str, dict[str, torch.Tensor]]) -> Path:
-    """STAGE/snapshots/step-N/: `weights` (module -> tensors) and meta.json, renamed into place complete."""
-    final = Path(stage_dir) / SNAPSHOTS_DIR / f"step-{step:07d}"
-    tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for module, tensors in weights.items():
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / f"{module}.safetensors"))
-    (tmp / "meta.json").write_text(json.dumps({"step": step, "seconds": round(seconds, 1)}) + "\n", encoding="utf-8")
-    for f in tmp.iterdir():
-        fsync_path(f)
-    fsync_path(tmp, directory=True)
-    shutil.rmtree(final, ignore_errors=True)   # a replayed step after a resume: the same weights again
-    os.replace(tmp, final)
-    return final
+    """STAGE/snapshots/step-N/: `weights` (module -> tensors) and meta.json; a step replayed after a
+    resume writes the same weights again."""
+    meta = json.dumps({"step": step, "seconds": round(seconds, 1)}) + "\n"
+    return _write_weights_folder(Path(stage_dir) / SNAPSHOTS_DIR / f"step-{step:07d}", weights,
+                                lambda tmp: (tmp / "meta.json").write_text(meta, encoding="utf-8"))
 
 
 def list_snapshots(stage_dir: str | Path) -> list[Snapshot]:

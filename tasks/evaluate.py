@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -290,7 +290,9 @@ def evaluate(checkpoint: str | Path | None, out: str | Path, params: Params, *, 
     metrics: dict[str, Any] = {"checkpoint": None if reference else str(checkpoint), "reference": reference,
                                "sampling": None if reference else {**settings, "seed": params.seed}, "splits": {}}
     grid: tuple[list, list[str]] = ([], [])
+    runs = []
     for run in _groups(pipe, params, settings, out, data, prompts, allow_outside):
+        runs.append(run)
         generate_t2v(run, progress)
         shown = min(params.eval.num_saved_samples, len(run.videos))
         grid[0].extend(run.videos[:shown])
@@ -301,7 +303,7 @@ def evaluate(checkpoint: str | Path | None, out: str | Path, params: Params, *, 
         if run.name == "test" or run.name == "prompts":
             metrics["vae_reconstruction"] = vae_metrics(run)
     if not reference and data is not None:
-        metrics["curve"] = quality_curve(checkpoint, data, params, settings, metrics, device, progress)
+        metrics["curve"] = quality_curve(checkpoint, runs, metrics, device, progress)
     write_outputs(out, metrics, grid)
     if not reference and (track if track is not None else params.train.mlflow):
         log_to_mlflow(checkpoint, out, metrics, params)
@@ -318,26 +320,29 @@ def curve_row(minutes: float, steps: int, split: str, scene: dict[str, Any]) -> 
             "shuffled_all_correct": scene["baselines"]["shuffled"]["all_correct"]}
 
 
-def quality_curve(checkpoint: str | Path, data: str | Path, params: Params, settings: dict[str, Any],
-                  metrics: dict[str, Any], device: str | None, progress: bool) -> list[dict[str, Any]]:
+def stage_seconds(summary: dict[str, Any]) -> float:
+    """A stage's training wall clock over every resumed run (summaries before `seconds_total`: the last run's)."""
+    return summary.get("seconds_total", summary.get("seconds", 0.0))
+
+
+def quality_curve(checkpoint: str | Path, runs: list[EvalSet], metrics: dict[str, Any], device: str | None,
+                  progress: bool) -> list[dict[str, Any]]:
     """Quality against training minutes: each denoiser snapshot (`train.snapshot_every`) before the
-    final step, its splits generated and scored like the final checkpoint's (scene scores only, no
-    samples kept), then the final checkpoint's own figures from `metrics`. Minutes are the VAE
-    stage's and the denoiser's training wall clock up to that step (evaluation not counted)."""
+    final step generates the prompts of the evaluated `runs` and is scored like them (scene scores
+    only, no samples kept), then the final checkpoint's own figures from `metrics`. Minutes are the
+    VAE stage's and the denoiser's training wall clock up to that step (evaluation not counted)."""
     summaries = training_summaries(checkpoint)
     if "denoiser" not in summaries:
         return []
-    vae_s = summaries.get("vae", {}).get("seconds_total", summaries.get("vae", {}).get("seconds", 0.0))
-    final = summaries["denoiser"]
-    groups = split_specs(data, params.eval.splits, params.eval.num_prompts)
+    vae_s, final = stage_seconds(summaries.get("vae", {})), summaries["denoiser"]
     rows = []
     for snap in [s for s in list_snapshots(Path(checkpoint) / DENOISER_DIR) if s.step < final["steps"]]:
         pipe = load_pipeline(checkpoint, device, snapshot=snap)[0]
-        for split, (specs, cache, manifest) in groups.items():
-            run = EvalSet(split, pipe, params, settings, specs, Path(), cache, manifest)
-            generate_t2v(run, progress, saved=0)
-            rows.append(curve_row((vae_s + snap.seconds) / 60, snap.step, split, scene_metrics(run)))
-    final_minutes = (vae_s + final.get("seconds_total", final["seconds"])) / 60
+        for run in runs:   # the same prompts and cached clips, read once
+            again = replace(run, pipe=pipe, samples_dir=Path(), videos=[], audios=[])
+            generate_t2v(again, progress, saved=0)
+            rows.append(curve_row((vae_s + snap.seconds) / 60, snap.step, run.name, scene_metrics(again)))
+    final_minutes = (vae_s + stage_seconds(final)) / 60
     rows += [curve_row(final_minutes, final["steps"], split, group["scene"])
              for split, group in metrics["splits"].items() if "status" not in group.get("scene", {})]
     return rows
