@@ -63,7 +63,9 @@ class DenoiserConfig:
     audio_patch: int = 1
     image_patch: int | None = 4   # square patch of the i2v image tokens; None: the video patch's (h, w)
     text_refiner_depth: int = 2   # self-attention layers over the caption tokens
+    text_refiner_kernel: int = 3  # caption tokens each refiner input mixes; 1: each token alone (odd)
     caption_in_adaln: bool = True # the pooled caption also conditions adaLN; False: only the caption tokens
+    sentence_in_adaln: bool = True  # adaLN adds the encoder's whole-sentence vector; False: the refiner's pool only
     self_condition: bool = False  # also read the previous clean-latent estimate (base only)
     attention: str = "full"       # full | factorised: video tokens attend within a frame and across frames, alternately
     is_upsampler: bool = derived(False)
@@ -79,6 +81,8 @@ class DenoiserConfig:
     def __post_init__(self) -> None:
         if self.attention not in ("full", "factorised"):
             raise ValueError(f"denoiser attention must be full or factorised, got {self.attention!r}")
+        if self.text_refiner_kernel < 1 or self.text_refiner_kernel % 2 == 0:
+            raise ValueError(f"denoiser text_refiner_kernel must be odd and positive, got {self.text_refiner_kernel}")
 
     @property
     def video_grid(self) -> tuple[int, int, int]:

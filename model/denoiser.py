@@ -7,7 +7,8 @@ The article's components, kept by name, with its defects fixed:
   A CPU prototype learned motion only with fixed (t, h, w) positions.
 - The caption enters twice: its pooled vector in adaLN (as the article) and its token states as
   tokens of the joint sequence (a pooled vector separates attributes only weakly);
-  `caption_in_adaln: false` keeps only the tokens.
+  `caption_in_adaln: false` keeps only the tokens; `sentence_in_adaln: false` keeps the refiner's
+  pooled tokens in adaLN but not the encoder's whole-sentence vector.
 - A learned null condition replaces the caption for condition dropout, giving classifier-free
   guidance (`forward_with_cfg`).
 - The upsampler sees the low-res latent, upsampled and concatenated channel-wise with its noisy
@@ -58,7 +59,7 @@ class InputProjector(nn.Module):
         self.t_embedder = nn.Sequential(TimestepEmbedding(d), nn.Linear(d * 4, d))
         self.c_embedder = nn.Linear(config.context_dim, d)          # pooled caption -> adaLN
         self.text_refiner = TextRefiner(config.context_dim, d, config.heads, config.text_refiner_depth,
-                                        config.max_text_tokens)  # caption tokens -> sequence and adaLN
+                                        config.max_text_tokens, config.text_refiner_kernel)  # -> sequence, adaLN
         # Standardisation of the frozen encoder's features over the training captions (set by
         # `set_text_statistics`, saved with the weights): MiniLM vectors of any two captions share ~95%
         # of their direction, so standardised, each word's difference is of order one from the first step.
@@ -106,6 +107,8 @@ class InputProjector(nn.Module):
         text, text_pooled = self.text_refiner(tokens, text_mask)
         if not self.config.caption_in_adaln:   # one global vector per caption invites recalling whole clips
             return CaptionState(text, text_mask, torch.zeros_like(text_pooled))
+        if not self.config.sentence_in_adaln:  # the sentence vector is one point per whole caption
+            return CaptionState(text, text_mask, text_pooled)
         return CaptionState(text, text_mask, self.c_embedder(pooled) + text_pooled)
 
     def _image(self, video: torch.Tensor, inputs: DenoiserInputs) -> tuple[torch.Tensor, torch.Tensor]:

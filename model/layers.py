@@ -188,11 +188,11 @@ class TextRefiner(nn.Module):
     condition (Imagen's attention pooling; HunyuanVideo's token refiner) carry the order into adaLN.
     """
 
-    def __init__(self, context_dim: int, dim: int, heads: int, depth: int, max_tokens: int):
+    def __init__(self, context_dim: int, dim: int, heads: int, depth: int, max_tokens: int, kernel: int = 3):
         super().__init__()
-        # A width-3 convolution over the tokens: each position sees its neighbours, so "to right" and
-        # "to left" differ from the first layer on.
-        self.proj = nn.Conv1d(context_dim, dim, kernel_size=3, padding=1)
+        # A convolution over the tokens: at width 3 each position sees its neighbours, so "to right" and
+        # "to left" differ from the first layer on; at width 1 each word enters alone.
+        self.proj = nn.Conv1d(context_dim, dim, kernel_size=kernel, padding=kernel // 2)
         self.register_buffer("pos", sincos_embedding(torch.arange(max_tokens, dtype=torch.float64), dim)[None],
                              persistent=False)
         self.layers = nn.ModuleList([

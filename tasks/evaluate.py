@@ -40,7 +40,7 @@ from model import ConditioningEncoder, resize_image
 
 from .cache import MultiModalDataset
 from .checkpoint import DENOISER_DIR, list_snapshots, load_pipeline, training_summaries, write_json
-from .media import write_text_atomic
+from .media import write_text_atomic, write_tsv
 from .metrics import clip_score, color_statistics, lpips_distance, psnr, ssim
 from .params import Params, flatten
 from .plots import ACCURACY_COLUMNS, accuracy_png, quality_curve_png, samples_grid_png
@@ -426,9 +426,7 @@ def write_curve(out: Path, rows: list[dict[str, Any]], title: str = "quality vs 
     (out / "curve").mkdir(parents=True)
     keys = [k for k in rows[0] if k != "split"]
     for split in dict.fromkeys(r["split"] for r in rows):
-        lines = ["\t".join(keys)] + ["\t".join("" if r[k] is None else str(r[k]) for k in keys)
-                                     for r in rows if r["split"] == split]
-        write_text_atomic(out / "curve" / f"{split}.tsv", "\n".join(lines) + "\n")
+        write_tsv(out / "curve" / f"{split}.tsv", [r for r in rows if r["split"] == split], keys)
     quality_curve_png(rows, CURVE_KEYS + ("sync_recall", "sync_precision"), out / "curve.png", title)
 
 

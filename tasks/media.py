@@ -261,3 +261,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_tsv(path: str | Path, rows: list[dict], keys: list[str] | None = None) -> None:
+    """One header line of `keys` (default: every key of the rows, in order), then a line per row;
+    a missing or None value is an empty cell (DVC plots and pandas read it as missing)."""
+    keys = keys or list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["\t".join(keys)] + ["\t".join("" if r.get(k) is None else str(r[k]) for k in keys) for r in rows]
+    write_text_atomic(path, "\n".join(lines) + "\n")

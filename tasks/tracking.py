@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .media import write_text_atomic
+from .media import write_tsv
 
 
 def tracking_uri(configured: str | None) -> str:
@@ -58,6 +58,4 @@ class Tracker:
 
 
 def write_loss_tsv(losses: list[dict[str, float]], path: Path) -> None:
-    keys = list(dict.fromkeys(k for r in losses for k in r)) or ["step"]  # a loss may stop before the stage
-    lines = ["\t".join(keys)] + ["\t".join(str(r.get(k, "")) for k in keys) for r in losses]
-    write_text_atomic(path, "\n".join(lines) + "\n")
+    write_tsv(path, losses, None if losses else ["step"])  # a loss may stop before the stage

@@ -421,8 +421,10 @@ def test_unknown_attention_is_an_error(tiny_params):
         from_params(tiny_params.replace("denoiser.base.attention", "windowed"))
 
 
-def test_caption_in_adaln_false_conditions_through_the_tokens_only(tiny_params):
-    """With denoiser.caption_in_adaln false the pooled caption reaches nothing; the tokens still do."""
+@pytest.mark.parametrize("in_adaln, sentence", [(True, True), (True, False), (False, True)])
+def test_the_caption_reaches_adaln_as_configured(tiny_params, in_adaln, sentence):
+    """caption_in_adaln false: the caption reaches adaLN not at all; sentence_in_adaln false: only
+    through the refiner's pool, so the encoder's sentence vector reaches nothing. The tokens always do."""
     from dataclasses import replace
 
     cfg = from_params(tiny_params)
@@ -430,12 +432,44 @@ def test_caption_in_adaln_false_conditions_through_the_tokens_only(tiny_params):
     ctx = inputs.caption
     other_pooled = DenoiserInputs(TextEmbedding(ctx.pooled + 3.0, ctx.tokens, ctx.mask))
     other_tokens = DenoiserInputs(TextEmbedding(ctx.pooled, ctx.tokens + 3.0, ctx.mask))
-    for in_adaln in (True, False):
-        model = _perturbed(JointDenoisingTransformer(replace(cfg.base, caption_in_adaln=in_adaln))).eval()
-        with torch.no_grad():
-            out = model(video, audio, t, inputs)[0]
-            assert torch.equal(out, model(video, audio, t, other_pooled)[0]) is not in_adaln
-            assert not torch.equal(out, model(video, audio, t, other_tokens)[0])
+    config = replace(cfg.base, caption_in_adaln=in_adaln, sentence_in_adaln=sentence)
+    model = _perturbed(JointDenoisingTransformer(config)).eval()
+    with torch.no_grad():
+        out = model(video, audio, t, inputs)[0]
+        assert torch.equal(out, model(video, audio, t, other_pooled)[0]) is not (in_adaln and sentence)
+        assert not torch.equal(out, model(video, audio, t, other_tokens)[0])
+        state = model.input_proj.caption(inputs)
+        _, refined_pool = model.input_proj.text_refiner(*_standardised_tokens(model, inputs))
+    expected = {(True, True): None, (True, False): refined_pool, (False, True): torch.zeros_like(refined_pool)}
+    if expected[in_adaln, sentence] is not None:
+        assert torch.equal(state.cond, expected[in_adaln, sentence])
+    else:
+        assert not torch.allclose(state.cond, refined_pool)
+
+
+def _standardised_tokens(model, inputs):
+    p = model.input_proj
+    return (inputs.caption.tokens - p.token_mean) / p.token_std, inputs.caption.mask
+
+
+@pytest.mark.parametrize("kernel, rows", [(1, [3]), (3, [2, 3, 4])])
+def test_the_refiner_kernel_sets_which_tokens_one_input_mixes(kernel, rows):
+    """With no attention layer, a bumped caption token moves only the refined rows its convolution reaches."""
+    from model.denoiser import TextRefiner
+
+    torch.manual_seed(0)
+    refiner = TextRefiner(context_dim=16, dim=32, heads=2, depth=0, max_tokens=8, kernel=kernel).eval()
+    tokens, mask = torch.randn(1, 8, 16), torch.ones(1, 8, dtype=torch.bool)
+    bumped = tokens.clone()
+    bumped[:, 3] += 1.0
+    with torch.no_grad():
+        moved = (refiner(bumped, mask)[0] - refiner(tokens, mask)[0]).abs().amax(-1)[0]
+    assert (moved > 1e-6).nonzero().flatten().tolist() == rows
+
+
+def test_an_even_refiner_kernel_is_an_error(tiny_params):
+    with pytest.raises(ValueError, match="text_refiner_kernel"):
+        from_params(tiny_params.replace("denoiser.base.text_refiner_kernel", 2))
 
 
 def test_text_statistics_standardise_and_travel_with_the_weights(tiny_params):
