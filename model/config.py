@@ -63,9 +63,9 @@ class DenoiserConfig:
     audio_patch: int = 1
     image_patch: int | None = 4   # square patch of the i2v image tokens; None: the video patch's (h, w)
     text_refiner_depth: int = 2   # self-attention layers over the caption tokens
-    text_refiner_kernel: int = 3  # caption tokens each refiner input mixes; 1: each token alone (odd)
+    text_refiner_kernel: int = 1  # caption tokens each refiner input mixes (odd); 1: each token alone
     caption_in_adaln: bool = True # the pooled caption also conditions adaLN; False: only the caption tokens
-    sentence_in_adaln: bool = True  # adaLN adds the encoder's whole-sentence vector; False: the refiner's pool only
+    sentence_in_adaln: bool = False  # True: adaLN also adds the encoder's whole-sentence vector
     self_condition: bool = False  # also read the previous clean-latent estimate (base only)
     attention: str = "full"       # full | factorised: video tokens attend within a frame and across frames, alternately
     is_upsampler: bool = derived(False)
@@ -111,6 +111,16 @@ class DenoiserConfig:
         if self.image_patch:
             return int(self.image_patch), int(self.image_patch)
         return self.video_patch[1], self.video_patch[2]
+
+
+# Fields whose default changed after configs were saved without them: a saved config that lacks one
+# predates the field and was trained with this value (read by `saved_denoiser_settings`).
+BEFORE_FIELD_EXISTED = {"text_refiner_kernel": 3, "sentence_in_adaln": True}
+
+
+def saved_denoiser_settings(settings: dict) -> dict:
+    """A saved denoiser config's fields, with the value it was trained with for any field newer than it."""
+    return {**BEFORE_FIELD_EXISTED, **settings}
 
 
 UPSAMPLER = DenoiserConfig(video_patch=(8, 4, 4), image_patch=8, text_refiner_depth=1, is_upsampler=True,

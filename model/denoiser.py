@@ -5,10 +5,11 @@ The article's components, kept by name, with its defects fixed:
   fresh torch.randn to its positions at every call). Video tokens get (t, h, w) positions; audio
   tokens share the time frequencies, placed at the same seconds, so sound and motion line up.
   A CPU prototype learned motion only with fixed (t, h, w) positions.
-- The caption enters twice: its pooled vector in adaLN (as the article) and its token states as
-  tokens of the joint sequence (a pooled vector separates attributes only weakly);
-  `caption_in_adaln: false` keeps only the tokens; `sentence_in_adaln: false` keeps the refiner's
-  pooled tokens in adaLN but not the encoder's whole-sentence vector.
+- The caption enters as words: its token states, each token alone into a small refiner, join the
+  joint sequence, and the refiner's attention pool conditions adaLN. The article's pooled sentence
+  vector is one point per whole caption, which for an unseen composition lands near a seen one; it
+  separates attributes only weakly. `sentence_in_adaln: true` adds it to adaLN again,
+  `text_refiner_kernel` > 1 mixes neighbouring tokens first, `caption_in_adaln: false` keeps only the tokens.
 - A learned null condition replaces the caption for condition dropout, giving classifier-free
   guidance (`forward_with_cfg`).
 - The upsampler sees the low-res latent, upsampled and concatenated channel-wise with its noisy
@@ -57,7 +58,9 @@ class InputProjector(nn.Module):
         d = config.dim
         c_video = config.video_latent_shape[0]
         self.t_embedder = nn.Sequential(TimestepEmbedding(d), nn.Linear(d * 4, d))
-        self.c_embedder = nn.Linear(config.context_dim, d)          # pooled caption -> adaLN
+        self.uses_sentence = config.caption_in_adaln and config.sentence_in_adaln
+        if self.uses_sentence:
+            self.c_embedder = nn.Linear(config.context_dim, d)      # pooled caption -> adaLN
         self.text_refiner = TextRefiner(config.context_dim, d, config.heads, config.text_refiner_depth,
                                         config.max_text_tokens, config.text_refiner_kernel)  # -> sequence, adaLN
         # Standardisation of the frozen encoder's features over the training captions (set by
@@ -69,8 +72,10 @@ class InputProjector(nn.Module):
         self.register_buffer("token_mean", torch.zeros(e))
         self.register_buffer("token_std", torch.ones(e))
         # The null condition for classifier-free guidance: a learned caption (pooled + one token).
-        self.null_pooled = nn.Parameter(torch.zeros(config.context_dim))
+        if self.uses_sentence:
+            self.null_pooled = nn.Parameter(torch.zeros(config.context_dim))
         self.null_token = nn.Parameter(torch.zeros(config.context_dim))
+        self._register_load_state_dict_pre_hook(self._skip_unused_sentence_weights)
         in_video = 2 * c_video if config.is_upsampler else c_video  # upsampler: low-res latent concatenated
         in_video += c_video if config.self_condition else 0  # the previous clean-latent estimate, concatenated
         self.video_patcher = nn.Conv3d(in_video, d, kernel_size=config.video_patch, stride=config.video_patch)
@@ -87,17 +92,21 @@ class InputProjector(nn.Module):
         if config.image_feature_dim:
             self.image_feature_embedder = nn.Linear(config.image_feature_dim, d)
 
+    def _skip_unused_sentence_weights(self, state_dict, prefix, *args) -> None:
+        # Models saved before 2026-12-08 built the sentence path even when it was switched off.
+        if not self.uses_sentence:
+            for key in [k for k in state_dict if k.startswith((prefix + "c_embedder.", prefix + "null_pooled"))]:
+                del state_dict[key]
+
     def caption(self, inputs: DenoiserInputs) -> CaptionState:
         """Standardise the caption, swap in the null condition for `inputs.drop` rows, refine."""
         context, cfg = inputs.caption, self.config
-        pooled = (context.pooled - self.pooled_mean) / self.pooled_std
         tokens = (context.tokens - self.token_mean) / self.token_std
         text_mask = context.mask
         if tokens.shape[1] != cfg.max_text_tokens:
             raise ValueError(f"expected {cfg.max_text_tokens} caption tokens, got {tokens.shape[1]}")
         if inputs.drop is not None:
             drop = inputs.drop.to(torch.bool)
-            pooled = torch.where(drop[:, None], self.null_pooled.expand_as(pooled), pooled)
             null_tokens = torch.zeros_like(tokens)
             null_tokens[:, 0] = self.null_token
             tokens = torch.where(drop[:, None, None], null_tokens, tokens)
@@ -109,6 +118,9 @@ class InputProjector(nn.Module):
             return CaptionState(text, text_mask, torch.zeros_like(text_pooled))
         if not self.config.sentence_in_adaln:  # the sentence vector is one point per whole caption
             return CaptionState(text, text_mask, text_pooled)
+        pooled = (context.pooled - self.pooled_mean) / self.pooled_std
+        if inputs.drop is not None:
+            pooled = torch.where(inputs.drop.to(torch.bool)[:, None], self.null_pooled.expand_as(pooled), pooled)
         return CaptionState(text, text_mask, self.c_embedder(pooled) + text_pooled)
 
     def _image(self, video: torch.Tensor, inputs: DenoiserInputs) -> tuple[torch.Tensor, torch.Tensor]:

@@ -188,7 +188,7 @@ class TextRefiner(nn.Module):
     condition (Imagen's attention pooling; HunyuanVideo's token refiner) carry the order into adaLN.
     """
 
-    def __init__(self, context_dim: int, dim: int, heads: int, depth: int, max_tokens: int, kernel: int = 3):
+    def __init__(self, context_dim: int, dim: int, heads: int, depth: int, max_tokens: int, kernel: int = 1):
         super().__init__()
         # A convolution over the tokens: at width 3 each position sees its neighbours, so "to right" and
         # "to left" differ from the first layer on; at width 1 each word enters alone.

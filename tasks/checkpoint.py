@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from model import (AudioVAE, ConditioningEncoder, JointDenoisingTransformer, TinyVeo, VideoVAE, from_params,
                    noise_schedulers, precision)
+from model.config import saved_denoiser_settings
 
 from .media import atomic_path, fault_point, fsync_path, write_text_atomic
 from .params import Params, ParamsError
@@ -227,6 +228,9 @@ def read_config(checkpoint: str | Path) -> tuple[Any, dict[str, Any]]:
         raise UserError(f"{config_path}: missing; {ckpt} is not a finished tinyveo checkpoint (run `tinyveo train`)")
     try:
         saved = json.loads(config_path.read_text(encoding="utf-8"))
+        denoisers = saved["params"].get("denoiser", {})
+        for name, settings in denoisers.items():   # a config older than a field gets the value it was trained with
+            denoisers[name] = saved_denoiser_settings(settings) if isinstance(settings, dict) else settings
         return Params.from_dict(saved["params"]), saved
     except (json.JSONDecodeError, KeyError, ParamsError) as exc:
         raise UserError(f"{config_path}: not a tinyveo checkpoint config ({exc})") from exc

@@ -9,6 +9,9 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# scripts/test.sh runs two pytest workers on a 2-core machine: one thread each, for them and what they start.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 # This run's own record of the bf16 measurement (model/precision.py), shared by every process it starts.
 os.environ.setdefault("TINYVEO_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="tinyveo-cache-"))
 

@@ -448,6 +448,22 @@ def test_the_caption_reaches_adaln_as_configured(tiny_params, in_adaln, sentence
         assert not torch.allclose(state.cond, refined_pool)
 
 
+def test_a_model_without_the_sentence_path_neither_builds_it_nor_refuses_saved_weights_of_it(tiny_params):
+    """Unused layers get no gradient (and DDP would need find_unused_parameters); weights saved by a
+    model that built them unused, as before 2026-12-08, still load."""
+    from dataclasses import replace
+
+    cfg = from_params(tiny_params)
+    with_sentence = JointDenoisingTransformer(replace(cfg.base, sentence_in_adaln=True, caption_in_adaln=True))
+    for off in (dict(sentence_in_adaln=False), dict(caption_in_adaln=False)):
+        model = JointDenoisingTransformer(replace(cfg.base, **off))
+        names = set(model.state_dict())
+        assert not any("c_embedder" in n or "null_pooled" in n for n in names)
+        saved = {k: v for k, v in with_sentence.state_dict().items() if k in names or "c_embedder" in k or "null_pooled" in k}
+        model.load_state_dict(saved)   # strict: only the sentence path's keys are extra
+        assert torch.equal(model.input_proj.null_token, with_sentence.input_proj.null_token)
+
+
 def _standardised_tokens(model, inputs):
     p = model.input_proj
     return (inputs.caption.tokens - p.token_mean) / p.token_std, inputs.caption.mask

@@ -118,3 +118,39 @@ def test_a_broken_exported_folder_is_one_line(trained_checkpoint, tmp_path, bad)
     (folder / "model_index.json").write_text("" if bad == "empty" else "{not json")
     with pytest.raises(UserError, match="exported"):
         load(folder, "cpu")
+
+
+def test_a_checkpoint_saved_before_the_caption_switches_loads_as_it_was_trained(prepared_data, trained_checkpoint,
+                                                                                 tmp_path):
+    """Configs written before `text_refiner_kernel` and `sentence_in_adaln` existed were trained with
+    width 3 and the sentence vector; their defaults changed since, so a config without them must not
+    take the new ones (a training checkpoint through load_pipeline, a saved pipeline through diffusers)."""
+    import shutil
+
+    from conftest import TRAIN_OVERRIDES, train
+    from tasks.checkpoint import read_config
+    from tinyveo import TinyVeoPipeline
+
+    old = [f"denoiser.{m}.{k}" for m in ("base", "upsampler") for k in ("text_refiner_kernel=3", "sentence_in_adaln=true")]
+    ckpt = tmp_path / "old"
+    shutil.copytree(trained_checkpoint / "vae", ckpt / "vae")
+    train(prepared_data, ckpt, load_params(overrides=TRAIN_OVERRIDES + old), stages=("denoiser",))
+    exported = tmp_path / "exported"
+    TinyVeoPipeline.from_pretrained(ckpt).save_pretrained(exported)
+    before = sample(TinyVeoPipeline.from_pretrained(exported))
+
+    def drop_the_new_fields(path: Path, settings_of) -> None:
+        config = json.loads(path.read_text())
+        for settings in settings_of(config):
+            assert (settings.pop("text_refiner_kernel"), settings.pop("sentence_in_adaln")) == (3, True)
+        path.write_text(json.dumps(config))
+
+    drop_the_new_fields(ckpt / "denoiser" / "config.json", lambda c: c["params"]["denoiser"].values())
+    for component in ("base", "upsampler"):
+        drop_the_new_fields(exported / component / "config.json", lambda c: [c["settings"]])
+    params, _ = read_config(ckpt)
+    assert (params.denoiser.base.text_refiner_kernel, params.denoiser.upsampler.sentence_in_adaln) == (3, True)
+    tinyveo, _ = load_pipeline(ckpt, "cpu")   # the width-3 refiner weights fit
+    assert tinyveo.base.config.text_refiner_kernel == 3 and tinyveo.upsampler.config.sentence_in_adaln
+    after = sample(TinyVeoPipeline.from_pretrained(exported))
+    assert np.array_equal(before.frames, after.frames) and np.array_equal(before.audio, after.audio)

@@ -26,7 +26,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.utils import BaseOutput
 
 from model import AudioVAE, ConditioningEncoder, JointDenoisingTransformer, TinyVeo, VideoVAE
-from model.config import AudioVAEConfig, DenoiserConfig, ModelConfig, VideoVAEConfig
+from model.config import AudioVAEConfig, DenoiserConfig, ModelConfig, VideoVAEConfig, saved_denoiser_settings
 
 ARCHITECTURES = {"VideoVAE": (VideoVAE, VideoVAEConfig), "AudioVAE": (AudioVAE, AudioVAEConfig),
                  "JointDenoisingTransformer": (JointDenoisingTransformer, DenoiserConfig)}
@@ -35,7 +35,18 @@ ARCHITECTURES = {"VideoVAE": (VideoVAE, VideoVAEConfig), "AudioVAE": (AudioVAE, 
 def _config_from_json(cls, settings: dict[str, Any]):
     """A model config dataclass from its JSON form (lists back to tuples)."""
     known = {f.name for f in fields(cls)}
+    if cls is DenoiserConfig:
+        settings = saved_denoiser_settings(settings)
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k in known})
+
+
+def _own_copies(module: torch.nn.Module) -> None:
+    """Give the module's tensors memory of their own. Loaded from safetensors they may be views into the
+    file at its offsets, not 64-byte aligned, and CPU kernels then sum in another order: the samples
+    differed from the saved model's in the last bits."""
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            tensor.data = tensor.data.clone()
 
 
 class TinyVeoModel(ModelMixin, ConfigMixin):
@@ -101,6 +112,8 @@ class TinyVeoPipeline(DiffusionPipeline):
         folder = Path(folder)
         if (folder / "model_index.json").exists():
             pipe = super().from_pretrained(str(folder), local_files_only=True, **kwargs)
+            for module in (pipe.text_encoder, pipe.base, pipe.upsampler, pipe.video_vae, pipe.audio_vae):
+                _own_copies(module)
         else:
             pipe = cls.from_checkpoint(folder)
         return pipe.to(device) if device is not None else pipe
