@@ -2,8 +2,8 @@
 # The test suite, with every set-up it needs: the pinned environment (scripts/env.sh) and headless
 # Chromium (the MLflow UI comparison test drives it; Debian's package, installed once).
 # Test files run on $TINYVEO_TEST_WORKERS processes (default 2; 0: one process), a file's tests on one
-# of them, so module fixtures are built once: most of a test's time is single-threaded (imports,
-# subprocesses, servers starting). Extra arguments go to pytest (e.g. -k vae, -x).
+# of them, so module fixtures are built once (16.5 min on 2 cores against 29 in one process:
+# bench/RESULTS.md). Extra arguments go to pytest (e.g. -k vae, -x).
 set -euo pipefail
 if ! command -v chromium >/dev/null 2>&1; then
   echo "tinyveo: installing headless Chromium for the browser test (one time)" >&2

@@ -232,7 +232,7 @@ def read_config(checkpoint: str | Path) -> tuple[Any, dict[str, Any]]:
         for name, settings in denoisers.items():   # a config older than a field gets the value it was trained with
             denoisers[name] = saved_denoiser_settings(settings) if isinstance(settings, dict) else settings
         return Params.from_dict(saved["params"]), saved
-    except (json.JSONDecodeError, KeyError, ParamsError) as exc:
+    except (json.JSONDecodeError, KeyError, AttributeError, ParamsError) as exc:
         raise UserError(f"{config_path}: not a tinyveo checkpoint config ({exc})") from exc
 
 
