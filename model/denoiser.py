@@ -105,8 +105,8 @@ class InputProjector(nn.Module):
         text_mask = context.mask
         if tokens.shape[1] != cfg.max_text_tokens:
             raise ValueError(f"expected {cfg.max_text_tokens} caption tokens, got {tokens.shape[1]}")
-        if inputs.drop is not None:
-            drop = inputs.drop.to(torch.bool)
+        drop = None if inputs.drop is None else inputs.drop.to(torch.bool)
+        if drop is not None:
             null_tokens = torch.zeros_like(tokens)
             null_tokens[:, 0] = self.null_token
             tokens = torch.where(drop[:, None, None], null_tokens, tokens)
@@ -114,13 +114,13 @@ class InputProjector(nn.Module):
             null_mask[:, 0] = True
             text_mask = torch.where(drop[:, None], null_mask, text_mask)
         text, text_pooled = self.text_refiner(tokens, text_mask)
-        if not self.config.caption_in_adaln:   # one global vector per caption invites recalling whole clips
+        if not cfg.caption_in_adaln:   # one global vector per caption invites recalling whole clips
             return CaptionState(text, text_mask, torch.zeros_like(text_pooled))
-        if not self.config.sentence_in_adaln:  # the sentence vector is one point per whole caption
+        if not self.uses_sentence:     # the sentence vector is one point per whole caption
             return CaptionState(text, text_mask, text_pooled)
         pooled = (context.pooled - self.pooled_mean) / self.pooled_std
-        if inputs.drop is not None:
-            pooled = torch.where(inputs.drop.to(torch.bool)[:, None], self.null_pooled.expand_as(pooled), pooled)
+        if drop is not None:
+            pooled = torch.where(drop[:, None], self.null_pooled.expand_as(pooled), pooled)
         return CaptionState(text, text_mask, self.c_embedder(pooled) + text_pooled)
 
     def _image(self, video: torch.Tensor, inputs: DenoiserInputs) -> tuple[torch.Tensor, torch.Tensor]:
